@@ -1,0 +1,39 @@
+"""Settings, built once at the edge; the core never reads os.environ."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the live state lives and how long the engine remembers things."""
+
+    redis_url: str | None = None  # None: start the embedded Valkey in data_dir
+    data_dir: Path = Path("stockguard-data")
+    appendfsync: str = "everysec"  # or "always": see README "Durability"
+    idempotency_ttl_ms: int = DAY_MS  # how long an operation id replays its first outcome
+    finished_retention_ms: int = DAY_MS  # how long finished holds stay readable
+    max_batch: int = 64  # most operations coalesced into one script call
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
+        """Read STOCKGUARD_* settings, plus REDIS_URL, from the environment."""
+        defaults = cls()
+        return cls(
+            redis_url=environ.get("REDIS_URL") or None,
+            data_dir=Path(environ.get("STOCKGUARD_DATA_DIR", str(defaults.data_dir))),
+            appendfsync=environ.get("STOCKGUARD_APPENDFSYNC", defaults.appendfsync),
+            idempotency_ttl_ms=int(
+                environ.get("STOCKGUARD_IDEMPOTENCY_TTL_MS", defaults.idempotency_ttl_ms)
+            ),
+            finished_retention_ms=int(
+                environ.get("STOCKGUARD_FINISHED_RETENTION_MS", defaults.finished_retention_ms)
+            ),
+            max_batch=int(environ.get("STOCKGUARD_MAX_BATCH", defaults.max_batch)),
+        )

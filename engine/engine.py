@@ -1,0 +1,208 @@
+"""The Engine: every verb of the stock authority, over Redis, Valkey or Redis Cluster."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import msgspec
+
+from . import keys, validate
+from .errors import Code, HoldNotActiveError, HoldNotFoundError, ShortfallError, error_for
+from .ids import fingerprint, new_id
+from .models import (
+    Hold,
+    HoldLine,
+    HoldState,
+    Record,
+)
+from .stock import StockOps, _check
+
+Lines = Mapping[str, int] | Iterable[tuple[str, int]]
+
+_record = msgspec.json.Decoder(Record)
+CONFIRM_GRACE_MS = 30_000  # a multi-part confirm keeps every part alive this long
+
+
+def _shortfall(reply: list[Any]) -> ShortfallError:
+    error = error_for(reply)
+    assert isinstance(error, ShortfallError)
+    return error
+
+
+def _hold(records: list[Record]) -> Hold:
+    """One Hold from its parts' records; the home part's record comes first."""
+    first = records[0]
+    lines = tuple(
+        HoldLine(sku, location, qty)
+        for record in records
+        if isinstance(record.lines, list)
+        for sku, location, qty in record.lines
+    )
+    return Hold(
+        id=first.id,
+        channel=first.ch,
+        state=HoldState(first.st),
+        expires_at_ms=first.exp,
+        lines=lines,
+        customer=first.cust,
+        reference=first.ref,
+    )
+
+
+def _parts(csv: str, home: int) -> list[int]:
+    others = [int(p) for p in csv.split(",") if int(p) != home]
+    return [home, *others]
+
+
+class Engine(StockOps):
+    """Holds and moves over one Redis-compatible client; safe for many concurrent callers."""
+
+    # -- holds ---------------------------------------------------------------------------
+
+    async def hold(
+        self,
+        channel: str,
+        lines: Lines,
+        *,
+        ttl_ms: int,
+        customer: str | None = None,
+        hold_id: str | None = None,
+    ) -> Hold:
+        """Hold every line for the channel until ttl_ms from now, or hold nothing."""
+        validate.name("channel", channel)
+        validate.integer("ttl_ms", ttl_ms, 1, validate.MAX_TTL_MS)
+        if customer is not None:
+            validate.text("customer", customer, 200)
+        wanted = _merge(lines)
+        by_part: dict[int, list[Any]] = {}
+        for sku, qty in wanted.items():
+            by_part.setdefault(keys.partition_of(sku), []).extend((sku, qty))
+        if hold_id is None:
+            hold_id = new_id(next(iter(by_part)))
+        validate.op_id("hold_id", hold_id)
+        home = keys.partition_of(hold_id)
+        parts = _parts(",".join(map(str, {home, *by_part})), home)
+        csv = ",".join(map(str, sorted(parts)))
+        fp = fingerprint(channel, customer, ttl_ms, sorted(wanted.items()))
+        futures = [
+            self._batcher.submit(
+                "hold",
+                p,
+                (hold_id, fp, channel, customer or "", ttl_ms, csv, len(by_part.get(p, ())) // 2)
+                + tuple(by_part.get(p, ())),
+            )
+            for p in parts
+        ]
+        if len(futures) == 1:
+            return _hold([_record.decode(_check(await futures[0], hold_id)[1])])
+        # Shielded: a cancelled caller must not stop the undo of parts already held.
+        return await asyncio.shield(self._hold_parts(hold_id, parts, futures))
+
+    async def _hold_parts(
+        self, hold_id: str, parts: list[int], futures: list[asyncio.Future[Any]]
+    ) -> Hold:
+        replies = await asyncio.gather(*futures, return_exceptions=True)
+        records = [_record.decode(r[1]) for r in replies if isinstance(r, list) and r[0] == Code.OK]
+        if len(records) == len(parts) and all(r.st != "rejected" for r in records):
+            return _hold(records)
+        await self._each_part("release", hold_id, parts, "rejected")
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+            if reply[0] != Code.OK:
+                raise error_for(reply, hold_id)
+        raise HoldNotActiveError(hold_id, "rejected")
+
+    async def _each_part(self, name: str, hold_id: str, parts: list[int], *args: Any) -> list[Any]:
+        futures = [self._batcher.submit(name, p, (hold_id, *args, "part")) for p in parts]
+        return list(await asyncio.gather(*futures))
+
+    async def _on_hold(self, name: str, hold_id: str, *args: Any) -> tuple[list[Any], list[int]]:
+        """Run a hold script on the home part; returns its reply and the hold's parts."""
+        validate.op_id("hold_id", hold_id)
+        home = keys.partition_of(hold_id)
+        reply = await self._batcher.submit(name, home, (hold_id, *args, "hold"))
+        if reply[0] == Code.MULTI_PART:
+            return reply, _parts(reply[1], home)
+        return _check(reply, hold_id), [home]
+
+    async def extend(self, hold_id: str, ttl_ms: int, *, op_id: str | None = None) -> Hold:
+        """Keep a hold until at least ttl_ms from now; an expired one only if stock allows."""
+        validate.integer("ttl_ms", ttl_ms, 1, validate.MAX_TTL_MS)
+        op_id = validate.op_id("op_id", op_id) if op_id is not None else new_id()
+        reply, parts = await self._on_hold("extend", hold_id, op_id, ttl_ms)
+        if len(parts) > 1:
+            replies = await asyncio.shield(self._extend_parts(hold_id, parts, op_id, ttl_ms))
+            return _hold([_record.decode(r[1]) for r in replies])
+        return _hold([_record.decode(reply[1])])
+
+    async def _extend_parts(
+        self, hold_id: str, parts: list[int], op_id: str, ttl_ms: int, *, confirming: bool = False
+    ) -> list[Any]:
+        replies = await self._each_part("extend", hold_id, parts, op_id, ttl_ms)
+        missing: dict[str, int] = {}
+        for reply in replies:
+            if reply[0] == Code.SHORTFALL:
+                missing.update(_shortfall(reply).missing)
+            elif not (confirming and reply[0] == Code.HOLD_NOT_ACTIVE and reply[2] == "confirmed"):
+                _check(reply, hold_id)
+        if missing:
+            # Every part shares one expiry: a part that could not be revived means the
+            # hold is over, so the parts that were revived give their units back.
+            await self._each_part("release", hold_id, parts, "released")
+            raise ShortfallError(hold_id, missing)
+        return replies
+
+    async def confirm(self, hold_id: str, *, reference: str | None = None, actor: str = "") -> Hold:
+        """Turn a hold into committed units; an expired hold only if stock still allows."""
+        if reference is not None:
+            validate.text("reference", reference, 200)
+        validate.text("actor", actor, 200)
+        reply, parts = await self._on_hold("confirm", hold_id, reference or "", actor)
+        if len(parts) == 1:
+            return _hold([_record.decode(reply[1])])
+        return await asyncio.shield(self._confirm_parts(hold_id, parts, reference or "", actor))
+
+    async def _confirm_parts(
+        self, hold_id: str, parts: list[int], reference: str, actor: str
+    ) -> Hold:
+        # Phase 1 keeps every part alive (reviving expired ones if stock allows), so that
+        # phase 2 cannot fail half-way for lack of stock. A retry finds parts confirmed.
+        await self._extend_parts(hold_id, parts, new_id(), CONFIRM_GRACE_MS, confirming=True)
+        replies = await self._each_part("confirm", hold_id, parts, reference, actor)
+        return _hold([_record.decode(_check(r, hold_id)[1]) for r in replies])
+
+    async def release(self, hold_id: str) -> Hold:
+        """Give a hold's units back at once; releasing a finished hold changes nothing."""
+        reply, parts = await self._on_hold("release", hold_id, "released")
+        if len(parts) > 1:
+            replies = await asyncio.shield(self._each_part("release", hold_id, parts, "released"))
+            return _hold([_record.decode(_check(r, hold_id)[1]) for r in replies])
+        return _hold([_record.decode(reply[1])])
+
+    async def get_hold(self, hold_id: str) -> Hold:
+        """The hold as it stands now (an expired hold reads as expired only once settled)."""
+        validate.op_id("hold_id", hold_id)
+        home = keys.partition_of(hold_id)
+        raw = await self.client.hget(keys.holds(home), hold_id)
+        record = _record.decode(raw) if raw else None
+        if record is None or record.st == "rejected":
+            raise HoldNotFoundError(hold_id)
+        records = [record]
+        for p in _parts(record.parts, home)[1:]:
+            records.append(_record.decode(await self.client.hget(keys.holds(p), hold_id)))
+        return _hold(records)
+
+
+def _merge(lines: Lines) -> dict[str, int]:
+    items = lines.items() if isinstance(lines, Mapping) else lines
+    wanted: dict[str, int] = {}
+    for sku, qty in items:
+        validate.name("sku", sku)
+        wanted[sku] = wanted.get(sku, 0) + validate.qty("qty", qty)
+    if not wanted or len(wanted) > validate.MAX_LINES:
+        raise validate.ValidationError("lines", f"must hold 1 to {validate.MAX_LINES} SKUs")
+    validate.qty("qty", max(wanted.values()))
+    return wanted

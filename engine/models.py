@@ -1,0 +1,114 @@
+"""Typed values the engine takes and returns."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import msgspec
+
+
+class PolicyKind(str, Enum):
+    """How a channel shares a SKU's stock."""
+
+    POOL = "pool"  # the shared pool
+    CAP = "cap"  # the shared pool, at most `qty` units held or offered at once
+    CAP_PCT = "cap_pct"  # the shared pool, at most `qty` percent of it
+    FENCE = "fence"  # `qty` units only this channel may sell
+
+
+class Policy(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A channel's allocation of a SKU, plus the channel's own buffer in units."""
+
+    kind: PolicyKind = PolicyKind.POOL
+    qty: int = 0
+    buffer: int = 0
+
+
+class Channel(msgspec.Struct, frozen=True):
+    """A sales channel and the locations it sells from, in priority order."""
+
+    name: str
+    locations: tuple[str, ...]
+    policy: Policy = Policy()
+
+
+class BufferOverride(msgspec.Struct, frozen=True, array_like=True):
+    """Replaces a SKU's buffer with `qty` while start_ms <= server time < end_ms."""
+
+    start_ms: int
+    end_ms: int
+    qty: int
+
+
+class SkuSettings(msgspec.Struct, frozen=True, omit_defaults=True):
+    buffer: int = 0
+    override: BufferOverride | None = None
+    policies: dict[str, Policy] = {}
+
+
+class HoldState(str, Enum):
+    HELD = "held"
+    CONFIRMED = "confirmed"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+
+class HoldLine(msgspec.Struct, frozen=True):
+    """Units of one SKU held at one location."""
+
+    sku: str
+    location: str
+    qty: int
+
+
+class Hold(msgspec.Struct, frozen=True):
+    """A hold as placed or last changed; `expires_at_ms` is by the server's clock."""
+
+    id: str
+    channel: str
+    state: HoldState
+    expires_at_ms: int
+    lines: tuple[HoldLine, ...]
+    customer: str | None = None
+    reference: str | None = None
+
+
+class LocationStock(msgspec.Struct, frozen=True):
+    """One SKU at one location; available = on_hand - committed - held, never below 0."""
+
+    location: str
+    on_hand: int
+    committed: int
+    held: int
+    available: int
+
+
+class StockLevel(msgspec.Struct, frozen=True):
+    """One SKU across locations, with its ATS for each channel asked about."""
+
+    sku: str
+    locations: tuple[LocationStock, ...]
+    ats: dict[str, int]
+    settings: SkuSettings
+
+
+class Catalog(msgspec.Struct, frozen=True):
+    """Locations and channels; each partition keeps a copy, newest version wins."""
+
+    version: int = 0
+    locations: dict[str, int] = {}
+    channels: dict[str, Channel] = {}
+
+
+class Record(msgspec.Struct, frozen=True):
+    """A hold record as lua/ stores it in one partition (short names keep it small)."""
+
+    id: str
+    ch: str
+    st: str
+    exp: int
+    parts: str
+    # cjson writes an empty array as {}: accept both.
+    lines: list[tuple[str, str, int]] | dict[str, int] = []
+    cust: str | None = None
+    ref: str | None = None

@@ -1,0 +1,55 @@
+"""The Lua scripts, loaded once per client; the only module that knows where lua/ lives.
+
+Each script is ``lua/lib.lua`` followed by ``lua/<name>.lua``, registered with
+redis-py's ``register_script``, which calls EVALSHA and reloads on NOSCRIPT.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from redis.commands.core import AsyncScript
+
+_HERE = Path(__file__).resolve().parent
+# Installed wheels carry the scripts as engine/lua; a source checkout has them at the top.
+LUA_DIR = _HERE / "lua" if (_HERE / "lua").is_dir() else _HERE.parent / "lua"
+
+NAMES = (
+    "hold",
+    "extend",
+    "release",
+    "confirm",
+    "receive",
+    "adjust",
+    "count",
+    "ship",
+    "cancel",
+    "return_units",
+    "transfer",
+    "catalog",
+    "sku",
+    "stock",
+    "ats",
+    "sweep",
+)
+
+
+@cache
+def source(name: str) -> str:
+    """The full text of one script: the shared prelude, then the script itself."""
+    lib = (LUA_DIR / "lib.lua").read_text()
+    return f"{lib}\n{(LUA_DIR / f'{name}.lua').read_text()}"
+
+
+class Scripts:
+    """Every script, registered on one client (a Redis or a RedisCluster)."""
+
+    def __init__(self, client: Any) -> None:
+        self._by_name: dict[str, AsyncScript] = {
+            name: client.register_script(source(name)) for name in NAMES
+        }
+
+    def __getitem__(self, name: str) -> AsyncScript:
+        return self._by_name[name]
