@@ -19,7 +19,7 @@ class Settings:
     appendfsync: str = "everysec"  # or "always": see README "Durability"
     idempotency_ttl_ms: int = DAY_MS  # how long an operation id replays its first outcome
     finished_retention_ms: int = DAY_MS  # how long finished holds stay readable
-    max_batch: int = 64  # most operations coalesced into one script call
+    max_batch: int = 32  # most operations coalesced into one script call
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:

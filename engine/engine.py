@@ -9,7 +9,14 @@ from typing import Any
 import msgspec
 
 from . import keys, validate
-from .errors import Code, HoldNotActiveError, HoldNotFoundError, ShortfallError, error_for
+from .errors import (
+    Code,
+    HoldNotActiveError,
+    HoldNotFoundError,
+    ShortfallError,
+    ValidationError,
+    error_for,
+)
 from .ids import fingerprint, new_id
 from .models import (
     Hold,
@@ -76,38 +83,41 @@ class Engine(StockOps):
         if customer is not None:
             validate.text("customer", customer, 200)
         wanted = _merge(lines)
-        by_part: dict[int, list[Any]] = {}
+        by_part: dict[int, list[tuple[str, int]]] = {}
         for sku, qty in wanted.items():
-            by_part.setdefault(keys.partition_of(sku), []).extend((sku, qty))
+            by_part.setdefault(keys.partition_of(sku), []).append((sku, qty))
         if hold_id is None:
             hold_id = new_id(next(iter(by_part)))
-        validate.op_id("hold_id", hold_id)
+        else:
+            validate.op_id("hold_id", hold_id)
         home = keys.partition_of(hold_id)
-        parts = _parts(",".join(map(str, {home, *by_part})), home)
-        csv = ",".join(map(str, sorted(parts)))
+        if len(by_part) == 1 and home in by_part:
+            parts, csv = [home], str(home)
+        else:
+            parts = [home, *(p for p in by_part if p != home)]
+            csv = ",".join(map(str, sorted(parts)))
         fp = fingerprint(channel, customer, ttl_ms, sorted(wanted.items()))
         futures = [
             self._batcher.submit(
-                "hold",
-                p,
-                (hold_id, fp, channel, customer or "", ttl_ms, csv, len(by_part.get(p, ())) // 2)
-                + tuple(by_part.get(p, ())),
+                "hold", p, (hold_id, fp, channel, customer or "", ttl_ms, csv, by_part.get(p, []))
             )
             for p in parts
         ]
         if len(futures) == 1:
             return _hold([_record.decode(_check(await futures[0], hold_id)[1])])
         # Shielded: a cancelled caller must not stop the undo of parts already held.
-        return await asyncio.shield(self._hold_parts(hold_id, parts, futures))
+        return await asyncio.shield(self._hold_parts(hold_id, fp, parts, futures))
 
     async def _hold_parts(
-        self, hold_id: str, parts: list[int], futures: list[asyncio.Future[Any]]
+        self, hold_id: str, fp: str, parts: list[int], futures: list[asyncio.Future[Any]]
     ) -> Hold:
         replies = await asyncio.gather(*futures, return_exceptions=True)
         records = [_record.decode(r[1]) for r in replies if isinstance(r, list) and r[0] == Code.OK]
         if len(records) == len(parts) and all(r.st != "rejected" for r in records):
             return _hold(records)
-        await self._each_part("release", hold_id, parts, "rejected")
+        # Undo only what this payload placed: a part refused as a conflict belongs to
+        # another hold that has the same id.
+        await self._each_part("release", hold_id, parts, "rejected", fp)
         for reply in replies:
             if isinstance(reply, BaseException):
                 raise reply
@@ -151,7 +161,7 @@ class Engine(StockOps):
         if missing:
             # Every part shares one expiry: a part that could not be revived means the
             # hold is over, so the parts that were revived give their units back.
-            await self._each_part("release", hold_id, parts, "released")
+            await self._each_part("release", hold_id, parts, "released", "")
             raise ShortfallError(hold_id, missing)
         return replies
 
@@ -176,9 +186,11 @@ class Engine(StockOps):
 
     async def release(self, hold_id: str) -> Hold:
         """Give a hold's units back at once; releasing a finished hold changes nothing."""
-        reply, parts = await self._on_hold("release", hold_id, "released")
+        reply, parts = await self._on_hold("release", hold_id, "released", "")
         if len(parts) > 1:
-            replies = await asyncio.shield(self._each_part("release", hold_id, parts, "released"))
+            replies = await asyncio.shield(
+                self._each_part("release", hold_id, parts, "released", "")
+            )
             return _hold([_record.decode(_check(r, hold_id)[1]) for r in replies])
         return _hold([_record.decode(reply[1])])
 
@@ -197,12 +209,14 @@ class Engine(StockOps):
 
 
 def _merge(lines: Lines) -> dict[str, int]:
+    """Validated lines, one per SKU: repeated SKUs add up."""
     items = lines.items() if isinstance(lines, Mapping) else lines
     wanted: dict[str, int] = {}
     for sku, qty in items:
         validate.name("sku", sku)
         wanted[sku] = wanted.get(sku, 0) + validate.qty("qty", qty)
     if not wanted or len(wanted) > validate.MAX_LINES:
-        raise validate.ValidationError("lines", f"must hold 1 to {validate.MAX_LINES} SKUs")
-    validate.qty("qty", max(wanted.values()))
+        raise ValidationError("lines", f"must hold 1 to {validate.MAX_LINES} SKUs")
+    if len(wanted) < len(items) if isinstance(items, list | tuple) else False:
+        validate.qty("qty", max(wanted.values()))
     return wanted

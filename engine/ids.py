@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import hashlib
-import secrets
+import os
 import zlib
 from typing import Any
 
-import msgspec
-
 from . import keys
+
+_SUFFIXES = [b"%03x" % i for i in range(4096)]
 
 
 def new_id(partition: int | None = None) -> str:
     """A random id; with a partition, one that keys.partition_of maps there."""
-    base = secrets.token_hex(8)
+    base = os.urandom(8).hex()
     if partition is None:
         return base
     crc = zlib.crc32(base.encode())
-    for i in range(4096):
-        suffix = b"%03x" % i
+    for suffix in _SUFFIXES:
         if zlib.crc32(suffix, crc) % keys.PARTITIONS == partition:
             return base + suffix.decode()
     raise AssertionError("unreachable: 4096 suffixes cover every partition")
@@ -27,4 +26,4 @@ def new_id(partition: int | None = None) -> str:
 
 def fingerprint(*parts: Any) -> str:
     """Identifies an operation's payload, so a reused id with other data is caught."""
-    return hashlib.blake2b(msgspec.json.encode(parts), digest_size=8).hexdigest()
+    return hashlib.blake2b(repr(parts).encode(), digest_size=8).hexdigest()

@@ -7,20 +7,19 @@ partition; a hold's home partition is where its record is looked up. The
 outbox is one stream per partition, so a reader finds every entry by walking
 ``range(PARTITIONS)`` without SCAN.
 
-Partition keys, in the order every script receives them as KEYS[1..10]:
+Partition keys, in the order every script receives them as KEYS[1..7]:
 
-=============  ======  ==================================================
-catalog        string  JSON: locations and channels (copied to each partition)
-skus           hash    sku -> JSON settings (buffer, override, policies)
-on_hand        hash    "sku:location" -> units
-committed      hash    "sku:location" -> units
-held           hash    "sku:location" -> units in holds not yet settled
-channel_held   hash    "sku:channel" -> units in holds not yet settled
-holds          hash    hold id -> JSON hold record (this partition's lines)
-expiry         zset    hold id -> expires_at_ms, live holds only
-outbox         stream  moves and hold events, in commit order
-finished       zset    hold id -> finished_at_ms, for retention
-=============  ======  ==================================================
+========  ======  ===========================================================
+catalog   string  JSON: locations and channels (copied to each partition)
+skus      hash    sku -> JSON settings (buffer, override, policies)
+stock     hash    "sku:location:on_hand|committed|held" -> units, and
+                  "sku:channel:channel_held" -> units (held counts holds
+                  not yet settled; scripts settle due holds first)
+holds     hash    hold id -> JSON hold record (this partition's lines)
+expiry    zset    hold id -> expires_at_ms, live holds only
+outbox    stream  moves and hold events, in commit order
+finished  zset    hold id -> finished_at_ms, for retention
+========  ======  ===========================================================
 
 Per-operation idempotency records are strings ``sg:{pNN}:op:<op id>``.
 """
@@ -33,18 +32,7 @@ from functools import cache
 PREFIX = "sg"
 PARTITIONS = 16  # fixed: changing it moves SKUs between partitions
 
-PARTITION_KEYS = (
-    "catalog",
-    "skus",
-    "on_hand",
-    "committed",
-    "held",
-    "channel_held",
-    "holds",
-    "expiry",
-    "outbox",
-    "finished",
-)
+PARTITION_KEYS = ("catalog", "skus", "stock", "holds", "expiry", "outbox", "finished")
 
 
 def partition_of(name: str) -> int:
@@ -58,7 +46,7 @@ def tag(partition: int) -> str:
 
 @cache
 def partition_keys(partition: int) -> tuple[str, ...]:
-    """The KEYS[1..10] every script of that partition receives."""
+    """The KEYS[1..7] every script of that partition receives."""
     base = tag(partition)
     return tuple(f"{base}:{name}" for name in PARTITION_KEYS)
 

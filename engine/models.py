@@ -16,7 +16,7 @@ class PolicyKind(str, Enum):
     FENCE = "fence"  # `qty` units only this channel may sell
 
 
-class Policy(msgspec.Struct, frozen=True, omit_defaults=True):
+class Policy(msgspec.Struct, frozen=True):
     """A channel's allocation of a SKU, plus the channel's own buffer in units."""
 
     kind: PolicyKind = PolicyKind.POOL

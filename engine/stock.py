@@ -55,7 +55,7 @@ class StockOps:
         self.client = client
         self.settings = settings or Settings()
         self.scripts = Scripts(client)
-        self._batcher = Batcher(self.scripts, self.settings.max_batch)
+        self._batcher = Batcher(client, self.scripts, self.settings.max_batch)
 
     # -- moves ---------------------------------------------------------------------------
 

@@ -1,14 +1,15 @@
 -- Confirm holds: their units move from held to committed, one 'sale' move per line.
 -- A hold that expired is confirmed only if the channel's ATS still covers every line.
--- KEYS[1..10] partition keys
--- ARGV[1] op count; per op: hold id, reference ('' = the hold id), actor,
---         scope ('hold' = the whole hold must live here, else MULTI_PART; 'part' = this part only)
--- Returns per op: {0, hold record JSON} or {code, details...}; SHORTFALL is {8, hold id, sku, missing, ...}
+-- KEYS[1..7] partition keys
+-- ARGV[1] JSON array of ops: [hold id, reference ('' = the hold id), actor,
+--         scope ('hold': the whole hold must live here, else MULTI_PART; 'part': this part)]
+-- Returns per op: {0, hold record JSON} or {code, details...};
+--         SHORTFALL is {8, hold id, sku, missing, ...}
 expire_due(-1)
 
 local function commit(rec, actor)
   for n, l in ipairs(rec.lines) do
-    hincr(K.committed, l[1] .. ':' .. l[2], l[3])
+    add(l[1], l[2], 'committed', l[3])
     move({ id = rec.id .. ':sale:' .. n, kind = 'sale', sku = l[1], location = l[2], qty = l[3],
            on_hand_delta = 0, committed_delta = l[3], channel = rec.ch, reference = rec.ref,
            actor = actor, hold_id = rec.id })
@@ -16,7 +17,8 @@ local function commit(rec, actor)
   return { OK, finish(rec, 'confirmed') }
 end
 
-local function confirm(id, ref, actor, scope)
+return each_op(function(op)
+  local id, ref, actor, scope = op[1], op[2], op[3], op[4]
   local raw = redis.call('HGET', K.holds, id)
   if not raw then return { HOLD_NOT_FOUND, id } end
   local rec = cjson.decode(raw)
@@ -33,15 +35,7 @@ local function confirm(id, ref, actor, scope)
     apply_held(rec, -1)
     return commit(rec, actor)
   end
-  local short = shortfall(rec)
+  local short = reallocate(rec)
   if short then return short end
-  reallocate(rec)
   return commit(rec, actor)
-end
-
-local replies, i = {}, 2
-for n = 1, tonumber(ARGV[1]) do
-  replies[n] = confirm(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
-  i = i + 4
-end
-return replies
+end)

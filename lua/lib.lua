@@ -1,10 +1,12 @@
 -- Shared prelude, prepended to every script by engine/scripts.py.
--- KEYS[1..10] are the partition keys in engine/keys.py order; operation keys follow.
+-- KEYS[1..7] are the partition keys in engine/keys.py order; operation keys follow.
+-- ARGV[1] is a JSON array of operations (one script call carries a whole batch).
 -- Business outcomes are integer codes (engine/errors.py Code); error_reply is for broken invariants.
 local K = {
-  catalog = KEYS[1], skus = KEYS[2], on_hand = KEYS[3], committed = KEYS[4], held = KEYS[5],
-  channel_held = KEYS[6], holds = KEYS[7], expiry = KEYS[8], outbox = KEYS[9], finished = KEYS[10],
+  catalog = KEYS[1], skus = KEYS[2], stock = KEYS[3], holds = KEYS[4], expiry = KEYS[5],
+  outbox = KEYS[6], finished = KEYS[7],
 }
+local FIRST_OP_KEY = 8
 local OK, INSUFFICIENT_STOCK, UNKNOWN_SKU, UNKNOWN_CHANNEL, UNKNOWN_LOCATION = 0, 1, 2, 3, 4
 local IDEMPOTENCY_CONFLICT, HOLD_NOT_FOUND, HOLD_NOT_ACTIVE, SHORTFALL = 5, 6, 7, 8
 local INSUFFICIENT_COMMITTED, COUNT_BELOW_RESERVED, MULTI_PART = 9, 10, 11
@@ -13,17 +15,41 @@ local INSUFFICIENT_COMMITTED, COUNT_BELOW_RESERVED, MULTI_PART = 9, 10, 11
 local server_time = redis.call('TIME')
 local NOW = tonumber(server_time[1]) * 1000 + math.floor(tonumber(server_time[2]) / 1000)
 
-local function hget_int(key, field)
-  return tonumber(redis.call('HGET', key, field)) or 0
+-- Stock hash fields: "sku:location:on_hand|committed|held" and "sku:channel:channel_held".
+local function level(sku, location)
+  local f = sku .. ':' .. location .. ':'
+  local v = redis.call('HMGET', K.stock, f .. 'on_hand', f .. 'committed', f .. 'held')
+  return tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0
 end
 
-local function hincr(key, field, by)
-  if by ~= 0 then redis.call('HINCRBY', key, field, by) end
+local function channel_held(sku, channel)
+  return tonumber(redis.call('HGET', K.stock, sku .. ':' .. channel .. ':channel_held')) or 0
+end
+
+local function add(sku, place, field, by)
+  if by ~= 0 then redis.call('HINCRBY', K.stock, sku .. ':' .. place .. ':' .. field, by) end
+end
+
+-- The outbox gets one entry per script call: {at_ms, events = JSON array}. Each event is
+-- {"type": "move", ...} | {"type": "hold", "event": name, "hold": record} | catalog, sku.
+-- One XADD per call, not per event, keeps the batched hot path cheap.
+local outbox_events = {}
+
+local function emit_json(json)
+  outbox_events[#outbox_events + 1] = json
 end
 
 local function emit(kind, record)
-  record.at_ms = NOW
-  redis.call('XADD', K.outbox, '*', 'type', kind, 'data', cjson.encode(record))
+  record.type = kind
+  emit_json(cjson.encode(record))
+end
+
+local function flush_outbox()
+  if #outbox_events > 0 then
+    redis.call('XADD', K.outbox, '*', 'at_ms', NOW,
+               'events', '[' .. table.concat(outbox_events, ',') .. ']')
+    outbox_events = {}
+  end
 end
 
 local catalog_cache
@@ -58,43 +84,48 @@ end
 
 -- available at a location = on_hand - committed - held, never below zero.
 local function free_at(sku, location)
-  local f = sku .. ':' .. location
-  local v = hget_int(K.on_hand, f) - hget_int(K.committed, f) - hget_int(K.held, f)
+  local on_hand, committed, held = level(sku, location)
+  local v = on_hand - committed - held
   if v < 0 then return 0 end
   return v
 end
 
 -- ATS(channel, sku): the formula is written out in README.md ("Available to sell").
+-- Also returns each location's available units, for allocate().
 local function ats(sku, st, channel)
   local cat = catalog()
-  local pool = -sku_buffer(st)
-  for _, location in ipairs(cat.channels[channel].locations) do
-    pool = pool + free_at(sku, location)
+  local pool, free = -sku_buffer(st), {}
+  for i, location in ipairs(cat.channels[channel].locations) do
+    free[i] = free_at(sku, location)
+    pool = pool + free[i]
   end
   for name, _ in pairs(cat.channels) do
     local p = policy_of(st, name)
     if name ~= channel and p.kind == 'fence' then
-      pool = pool - math.max(0, p.qty - hget_int(K.channel_held, sku .. ':' .. name))
+      pool = pool - math.max(0, p.qty - channel_held(sku, name))
     end
   end
   local p = policy_of(st, channel)
-  local mine = hget_int(K.channel_held, sku .. ':' .. channel)
   local limit = pool
-  if p.kind == 'cap' or p.kind == 'fence' then
-    limit = math.min(pool, p.qty - mine)
-  elseif p.kind == 'cap_pct' then
-    limit = math.min(pool, math.floor(p.qty * (pool + mine) / 100) - mine)
+  if p.kind ~= 'pool' then
+    local mine = channel_held(sku, channel)
+    if p.kind == 'cap_pct' then
+      limit = math.min(pool, math.floor(p.qty * (pool + mine) / 100) - mine)
+    else -- 'cap' and 'fence' both stop at qty units held by this channel
+      limit = math.min(pool, p.qty - mine)
+    end
   end
   limit = limit - (p.buffer or 0)
-  if limit < 0 then return 0 end
-  return limit
+  if limit < 0 then return 0, free end
+  return limit, free
 end
 
--- Takes units from the channel's locations in priority order; caller checked ats first.
-local function allocate(sku, channel, qty, out)
-  for _, location in ipairs(catalog().channels[channel].locations) do
+-- Takes qty units from the channel's locations in priority order, appending lines to out.
+-- free is what ats() returned for this sku, and ats() covered qty.
+local function allocate(sku, channel, qty, free, out)
+  for i, location in ipairs(catalog().channels[channel].locations) do
     if qty == 0 then break end
-    local take = math.min(qty, free_at(sku, location))
+    local take = math.min(qty, free[i])
     if take > 0 then
       out[#out + 1] = { sku, location, take }
       qty = qty - take
@@ -114,53 +145,46 @@ local function qty_by_sku(lines)
   return order, total
 end
 
--- Checks that every SKU of the lines can be held again; returns a shortfall reply or nil.
-local function shortfall(rec)
-  local order, total = qty_by_sku(rec.lines)
-  local reply = {}
-  for _, sku in ipairs(order) do
-    local st = sku_settings(sku)
-    local missing = total[sku] - (st and ats(sku, st, rec.ch) or 0)
-    if missing > 0 then reply[#reply + 1] = sku; reply[#reply + 1] = missing end
-  end
-  if #reply == 0 then return nil end
-  table.insert(reply, 1, rec.id)
-  table.insert(reply, 1, SHORTFALL)
-  return reply
-end
-
+-- Gives an expired hold's lines their units again, from the locations available now.
+-- Returns a SHORTFALL reply, without writing, if any SKU lacks the units.
 local function reallocate(rec)
   local order, total = qty_by_sku(rec.lines)
+  local short, free = { SHORTFALL, rec.id }, {}
+  for _, sku in ipairs(order) do
+    local st, available = sku_settings(sku), 0
+    if st then available, free[sku] = ats(sku, st, rec.ch) end
+    if total[sku] > available then
+      short[#short + 1] = sku
+      short[#short + 1] = total[sku] - available
+    end
+  end
+  if #short > 2 then return short end
   local lines = {}
-  for _, sku in ipairs(order) do allocate(sku, rec.ch, total[sku], lines) end
+  for _, sku in ipairs(order) do allocate(sku, rec.ch, total[sku], free[sku], lines) end
   rec.lines = lines
+  return nil
 end
 
 local function apply_held(rec, sign)
   for _, l in ipairs(rec.lines) do
-    hincr(K.held, l[1] .. ':' .. l[2], sign * l[3])
-    hincr(K.channel_held, l[1] .. ':' .. rec.ch, sign * l[3])
+    add(l[1], l[2], 'held', sign * l[3])
+    add(l[1], rec.ch, 'channel_held', sign * l[3])
   end
 end
 
-local function save(rec)
+-- Saves the hold record and appends it to the outbox as the event; returns its JSON.
+local function save(rec, event)
   local encoded = cjson.encode(rec)
   redis.call('HSET', K.holds, rec.id, encoded)
+  if event then emit_json('{"type":"hold","event":"' .. event .. '","hold":' .. encoded .. '}') end
   return encoded
-end
-
-local function hold_event(rec, event)
-  emit('hold', { event = event, hold_id = rec.id, channel = rec.ch, customer = rec.cust,
-                 lines = rec.lines, expires_at_ms = rec.exp, reference = rec.ref })
 end
 
 local function finish(rec, state)
   rec.st = state
-  local encoded = save(rec)
   redis.call('ZREM', K.expiry, rec.id)
   redis.call('ZADD', K.finished, NOW, rec.id)
-  hold_event(rec, state)
-  return encoded
+  return save(rec, state)
 end
 
 -- Settles holds whose expiry has passed. Runs at the start of every script, so an
@@ -172,6 +196,7 @@ local function expire_due(limit)
     apply_held(rec, -1)
     finish(rec, 'expired')
   end
+  flush_outbox() -- now, so that no early return of the caller can lose these events
   return #due
 end
 
@@ -197,9 +222,10 @@ local function move(record)
   emit('move', record)
 end
 
+
 local function location_reply(sku, location)
-  local f = sku .. ':' .. location
-  return { OK, hget_int(K.on_hand, f), hget_int(K.committed, f), hget_int(K.held, f) }
+  local on_hand, committed, held = level(sku, location)
+  return { OK, on_hand, committed, held }
 end
 
 local function unknown_sku_or_location(sku, ...)
@@ -210,14 +236,22 @@ local function unknown_sku_or_location(sku, ...)
   return nil
 end
 
--- Runs a batch of stock operations of `width` ARGV fields each (op id and fingerprint first),
--- replaying the stored reply of any op id seen before.
-local function each_stock_op(width, apply)
-  local replies, i = {}, 3
-  for n = 1, tonumber(ARGV[1]) do
-    local a = { unpack(ARGV, i, i + width - 1) }
-    replies[n] = replayed(KEYS[10 + n], a[2]) or remember(KEYS[10 + n], a[2], apply(a), ARGV[2])
-    i = i + width
+-- Runs each operation of the batch; apply(op) gets one decoded ARGV[1] entry.
+local function each_op(apply)
+  local replies = {}
+  for n, op in ipairs(cjson.decode(ARGV[1])) do replies[n] = apply(op) end
+  flush_outbox()
+  return replies
+end
+
+-- Runs a batch of stock operations (op id and fingerprint first in each), replaying the
+-- stored reply of any op id seen before. ARGV[2] is the idempotency ttl_ms.
+local function each_stock_op(apply)
+  local replies = {}
+  for n, a in ipairs(cjson.decode(ARGV[1])) do
+    local key = KEYS[FIRST_OP_KEY + n - 1]
+    replies[n] = replayed(key, a[2]) or remember(key, a[2], apply(a), ARGV[2])
   end
+  flush_outbox()
   return replies
 end

@@ -1,5 +1,5 @@
 -- Define a SKU or change its settings: buffer, one channel's policy, or the buffer override.
--- KEYS[1..10] partition keys
+-- KEYS[1..7] partition keys
 -- ARGV[1] sku   ARGV[2] field: 'define' | 'policy' | 'override'
 -- ARGV[3] 'define': buffer (int >= 0); 'policy': channel; 'override': JSON [start_ms, end_ms, qty] or ''
 -- ARGV[4] 'policy': JSON {kind, qty, buffer} or '' to fall back to the channel's default
@@ -22,4 +22,5 @@ end
 local encoded = cjson.encode(st)
 redis.call('HSET', K.skus, sku, encoded)
 emit('sku', { sku = sku, settings = st })
+flush_outbox()
 return { OK, encoded }

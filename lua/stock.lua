@@ -1,5 +1,5 @@
 -- Read one SKU's stock per location and its ATS for each named channel.
--- KEYS[1..10] partition keys
+-- KEYS[1..7] partition keys
 -- ARGV[1] sku   ARGV[2..] channels
 -- Returns {0, settings JSON, location count n, n x (location, on_hand, committed, held, available),
 --          then one ATS per channel}, or {code, details...}
@@ -17,11 +17,10 @@ for location, _ in pairs(cat.locations) do locations[#locations + 1] = location 
 table.sort(locations)
 local reply = { OK, cjson.encode(st), #locations }
 for _, location in ipairs(locations) do
-  local f = sku .. ':' .. location
-  for _, v in ipairs({ location, hget_int(K.on_hand, f), hget_int(K.committed, f),
-                       hget_int(K.held, f), free_at(sku, location) }) do
+  local on_hand, committed, held = level(sku, location)
+  for _, v in ipairs({ location, on_hand, committed, held, free_at(sku, location) }) do
     reply[#reply + 1] = v
   end
 end
-for i = 2, #ARGV do reply[#reply + 1] = ats(sku, st, ARGV[i]) end
+for i = 2, #ARGV do reply[#reply + 1] = (ats(sku, st, ARGV[i])) end
 return reply

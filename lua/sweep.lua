@@ -1,6 +1,6 @@
 -- Settle expired holds (releasing their units, one 'expired' event each) and forget
 -- finished hold records past their retention. Cost: O(log n + work done), never all holds.
--- KEYS[1..10] partition keys
+-- KEYS[1..7] partition keys
 -- ARGV[1] most holds to expire   ARGV[2] retention_ms of finished holds   ARGV[3] most to forget
 -- Returns {expired, forgotten, expired holds still due}
 local expired = expire_due(tonumber(ARGV[1]))

@@ -1,0 +1,29 @@
+"""Shared setup and readers for the tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from engine import Engine, Policy, PolicyKind, keys
+
+
+async def setup_shop(engine: Engine, skus: tuple[str, ...] = ("A", "B", "C")) -> None:
+    """Locations wh1, wh2, store; web and amazon sell from wh1 then wh2, pos from store."""
+    for location in ("wh1", "wh2", "store"):
+        await engine.define_location(location)
+    await engine.define_channel("web", ["wh1", "wh2"])
+    await engine.define_channel("amazon", ["wh1", "wh2"], Policy(PolicyKind.POOL))
+    await engine.define_channel("pos", ["store"])
+    for sku in skus:
+        await engine.define_sku(sku)
+
+
+async def outbox_events(client: Any) -> list[dict[str, Any]]:
+    """Every event in every partition's outbox, in stream order per partition."""
+    events: list[dict[str, Any]] = []
+    for p in range(keys.PARTITIONS):
+        for _, fields in await client.xrange(keys.outbox(p)):
+            events.extend(msgspec.json.decode(fields["events"]))
+    return events
