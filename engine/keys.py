@@ -55,6 +55,10 @@ def outbox(partition: int) -> str:
     return f"{tag(partition)}:outbox"
 
 
+def stock(partition: int) -> str:
+    return f"{tag(partition)}:stock"
+
+
 def holds(partition: int) -> str:
     return f"{tag(partition)}:holds"
 
