@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 import msgspec
 
 
-class PolicyKind(str, Enum):
+class PolicyKind(StrEnum):
     """How a channel shares a SKU's stock."""
 
     POOL = "pool"  # the shared pool
@@ -46,7 +46,7 @@ class SkuSettings(msgspec.Struct, frozen=True, omit_defaults=True):
     policies: dict[str, Policy] = {}
 
 
-class HoldState(str, Enum):
+class HoldState(StrEnum):
     HELD = "held"
     CONFIRMED = "confirmed"
     RELEASED = "released"

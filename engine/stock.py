@@ -24,6 +24,7 @@ from .models import (
 )
 from .scripts import Scripts
 
+POOL = Policy()
 _catalog = msgspec.json.Decoder(Catalog)
 _settings = msgspec.json.Decoder(SkuSettings)
 _encode = msgspec.json.encode
@@ -273,15 +274,17 @@ class StockOps:
     async def catalog(self) -> Catalog:
         """The catalog as partition 0 holds it (every partition converges to it)."""
         raw = await self.client.get(keys.partition_keys(0)[0])
-        return _catalog.decode(raw) if raw else Catalog()
+        if not raw:
+            return Catalog()
+        catalog: Catalog = _catalog.decode(raw)
+        return catalog
 
     async def _change_catalog(self, change: Any) -> Catalog:
         # Copy-on-write with a version: each partition keeps the newest copy, and a
         # writer that lost a race re-reads and re-applies until every partition has its copy.
         while True:
             current = await self.catalog()
-            new = change(current)
-            doc = msgspec.structs.replace(new, version=current.version + 1)
+            doc: Catalog = msgspec.structs.replace(change(current), version=current.version + 1)
             encoded = _encode(doc)
             replies = await asyncio.gather(
                 *(
@@ -300,7 +303,10 @@ class StockOps:
         )
 
     async def define_channel(
-        self, channel: str, locations: list[str] | tuple[str, ...], policy: Policy = Policy()
+        self,
+        channel: str,
+        locations: list[str] | tuple[str, ...],
+        policy: Policy = POOL,
     ) -> Catalog:
         """Add or replace a channel: the locations it sells from, in priority order."""
         validate.name("channel", channel)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from helpers import outbox_events
 
 from engine import Engine, HoldState, keys
 from engine.errors import (
@@ -12,8 +13,6 @@ from engine.errors import (
     UnknownSkuError,
     ValidationError,
 )
-
-from helpers import outbox_events
 
 MINUTE_MS = 60_000
 

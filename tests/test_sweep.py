@@ -33,7 +33,9 @@ async def test_sweep_settles_expired_holds_and_emits_their_events(
     for hold in short:
         assert (await shop.get_hold(hold.id)).state is HoldState.EXPIRED
     assert (await shop.get_hold(live.id)).state is HoldState.HELD
-    expired = [e["hold"]["id"] for e in await outbox_events(any_client) if e.get("event") == "expired"]
+    expired = [
+        e["hold"]["id"] for e in await outbox_events(any_client) if e.get("event") == "expired"
+    ]
     assert sorted(expired) == sorted(h.id for h in short)
 
 

@@ -1,0 +1,152 @@
+"""The `stockguard` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from .config import Settings
+from .connect import connect, open_engine
+from .embedded import EmbeddedCluster, EmbeddedValkey
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env()
+    if args.redis_url:
+        settings = replace(settings, redis_url=args.redis_url)
+    if args.data_dir:
+        settings = replace(settings, data_dir=Path(args.data_dir))
+    if args.appendfsync:
+        settings = replace(settings, appendfsync=args.appendfsync)
+    return settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stockguard",
+        description="Stock reservation engine: no oversell across channels.",
+    )
+    parser.add_argument(
+        "--redis-url",
+        help="Redis/Valkey (or cluster) URL; default: $REDIS_URL, "
+        "else an embedded valkey-server in the data dir",
+    )
+    parser.add_argument(
+        "--data-dir",
+        help="where the embedded server keeps its data "
+        "(default: $STOCKGUARD_DATA_DIR or ./stockguard-data)",
+    )
+    parser.add_argument(
+        "--appendfsync",
+        choices=["everysec", "always"],
+        help="AOF fsync policy of the embedded server (default everysec)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("demo", help="place, confirm, release and expire holds; print stock")
+    sweeper = commands.add_parser("sweeper", help="settle expired holds until stopped")
+    sweeper.add_argument("--interval-ms", type=int, default=500)
+    bench = commands.add_parser("bench", help="benchmarks that print ratios from one run")
+    bench.add_argument("target", choices=["engine"])
+    bench.add_argument("--seconds", type=float, default=5.0, help="per measured path")
+    bench.add_argument(
+        "--postgres",
+        default=os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+        help="PostgreSQL for the row-lock baseline, run if reachable "
+        "(default: $DATABASE_URL, else postgresql://postgres@127.0.0.1:5432/test)",
+    )
+    commands.add_parser("valkey", help="run the embedded valkey-server in the foreground")
+    commands.add_parser("cluster", help="run a local 3-master cluster in the foreground")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `stockguard` console script."""
+    args = _parser().parse_args(argv)
+    settings = _settings(args)
+    if args.command == "demo":
+        from .demo import demo
+
+        asyncio.run(demo(settings))
+    elif args.command == "sweeper":
+        asyncio.run(_sweeper(settings, args.interval_ms))
+    elif args.command == "bench":
+        postgres = args.postgres if args.postgres.startswith("postgres") else None
+        return asyncio.run(_bench(settings, args.seconds, postgres))
+    else:
+        _foreground(settings, cluster=args.command == "cluster")
+    return 0
+
+
+async def _sweeper(settings: Settings, interval_ms: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with open_engine(settings) as engine:
+        print(f"sweeper: settling expired holds every {interval_ms} ms", flush=True)
+        while not stop.is_set():
+            settled = await engine.sweep()
+            if settled:
+                print(f"sweeper: settled {settled} expired holds", flush=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval_ms / 1000)
+
+
+async def _bench(settings: Settings, seconds: float, postgres: str | None) -> int:
+    from .bench import bench_engine
+    from .engine import Engine
+
+    if settings.redis_url is None:
+        # The benchmark flushes its database: never the user's data dir.
+        with (
+            tempfile.TemporaryDirectory(prefix="stockguard-bench-") as tmp,
+            EmbeddedValkey(tmp, appendfsync=settings.appendfsync) as server,
+        ):
+            print(f"bench: embedded valkey-server at {server.url} (AOF {settings.appendfsync})")
+            client = await connect(server.url)
+            try:
+                await bench_engine(Engine(client, settings), seconds, postgres_dsn=postgres)
+            finally:
+                await client.aclose()
+        return 0
+    client = await connect(settings.redis_url)
+    try:
+        if await client.dbsize():
+            print(
+                f"bench: {settings.redis_url} is not empty; the benchmark flushes its "
+                "database, so point it at an empty one",
+                file=sys.stderr,
+            )
+            return 2
+        print(f"bench: {settings.redis_url}")
+        await bench_engine(Engine(client, settings), seconds, postgres_dsn=postgres)
+        await client.flushdb()
+    finally:
+        await client.aclose()
+    return 0
+
+
+def _foreground(settings: Settings, *, cluster: bool) -> None:
+    data_dir = settings.data_dir / ("cluster" if cluster else "valkey")
+    server: EmbeddedValkey | EmbeddedCluster = (
+        EmbeddedCluster(data_dir)
+        if cluster
+        else EmbeddedValkey(data_dir, appendfsync=settings.appendfsync)
+    )
+    with server:
+        print(f"REDIS_URL={server.url}  (data in {data_dir}; Ctrl-C stops it cleanly)", flush=True)
+        stop = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+        signal.sigwait(stop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
