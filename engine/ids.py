@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import os
+import random
 import zlib
 from typing import Any
 
@@ -14,7 +14,7 @@ _SUFFIXES = [b"%03x" % i for i in range(4096)]
 
 def new_id(partition: int | None = None) -> str:
     """A random id; with a partition, one that keys.partition_of maps there."""
-    base = os.urandom(8).hex()
+    base = "%016x" % random.getrandbits(64)  # unique enough; random reseeds after fork
     if partition is None:
         return base
     crc = zlib.crc32(base.encode())
@@ -25,5 +25,11 @@ def new_id(partition: int | None = None) -> str:
 
 
 def fingerprint(*parts: Any) -> str:
-    """Identifies an operation's payload, so a reused id with other data is caught."""
-    return hashlib.blake2b(repr(parts).encode(), digest_size=8).hexdigest()
+    """Identifies an operation's payload, so a reused id with other data is caught.
+
+    Short payloads are their own fingerprint (exact, and cheaper than hashing).
+    """
+    text = repr(parts)
+    if len(text) <= 64:
+        return text
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
