@@ -81,7 +81,10 @@ class Batcher:
                     future.set_result(reply)
 
     async def _execute(self, calls: list[tuple[Group, list[Op]]]) -> list[Any]:
-        commands = [self._command(group, ops) for group, ops in calls]
+        return await self.call([self._command(group, ops) for group, ops in calls])
+
+    async def call(self, commands: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        """Runs (script, keys, argv) calls in one round trip; a list of their replies."""
         if len(commands) == 1 or self._cluster:
             # redis-py refuses EVALSHA in cluster pipelines; there, calls go out concurrently.
             return list(await asyncio.gather(*(self._scripts[n](k, a) for n, k, a in commands)))

@@ -13,10 +13,16 @@ from .config import Settings
 from .embedded import EmbeddedValkey
 from .engine import Engine
 
+MAX_CONNECTIONS = 128
+
 
 async def connect(url: str, **options: Any) -> Any:
     """A client for the server at url: a RedisCluster if that server is in cluster mode."""
-    client = redis.from_url(url, decode_responses=True, **options)
+    # A blocking pool makes a burst of calls wait for a connection instead of failing.
+    pool = redis.BlockingConnectionPool.from_url(
+        url, decode_responses=True, max_connections=MAX_CONNECTIONS, timeout=30, **options
+    )
+    client = redis.Redis.from_pool(pool)
     try:
         info = await client.info("cluster")
     except BaseException:

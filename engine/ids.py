@@ -14,7 +14,7 @@ _SUFFIXES = [b"%03x" % i for i in range(4096)]
 
 def new_id(partition: int | None = None) -> str:
     """A random id; with a partition, one that keys.partition_of maps there."""
-    base = "%016x" % random.getrandbits(64)  # unique enough; random reseeds after fork
+    base = f"{random.getrandbits(64):016x}"  # unique enough; random reseeds after fork
     if partition is None:
         return base
     crc = zlib.crc32(base.encode())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import msgspec
@@ -10,7 +9,13 @@ import msgspec
 from . import keys, validate
 from .batch import Batcher
 from .config import Settings
-from .errors import Code, ValidationError, error_for
+from .errors import (
+    Code,
+    IdempotencyConflictError,
+    UnknownChannelError,
+    ValidationError,
+    error_for,
+)
 from .ids import fingerprint, new_id
 from .models import (
     BufferOverride,
@@ -42,6 +47,9 @@ def _location(location: str, reply: list[Any]) -> LocationStock:
 
 
 def _policy(policy: Policy) -> Policy:
+    if policy.kind not in PolicyKind.__members__.values():
+        kinds = ", ".join(k.value for k in PolicyKind)
+        raise ValidationError("policy.kind", f"must be one of {kinds}, got {policy.kind!r}")
     kind = PolicyKind(policy.kind)
     high = 100 if kind is PolicyKind.CAP_PCT else validate.MAX_QTY
     validate.integer("policy.qty", policy.qty, 0, high)
@@ -77,17 +85,34 @@ class StockOps:
         validate.name("location", location)
         for field, value in (("reason", reason), ("actor", actor), ("reference", reference)):
             validate.text(field, value)
-        op_id = validate.op_id("op_id", op_id) if op_id is not None else new_id()
         p = keys.partition_of(sku)
         args = (sku, location, qty, reason, actor, reference, *extra)
+        fp = fingerprint(name, *args)
+        if op_id is None:
+            op_id = new_id(p)  # homed where it runs: nothing to claim
+        elif keys.partition_of(validate.op_id("op_id", op_id)) != p:
+            await self._claim(op_id, fp)
         reply = await self._batcher.submit(
             name,
             p,
-            (op_id, fingerprint(name, *args), *args),
+            (op_id, fp, *args),
             op_key=keys.op(p, op_id),
             head=(self.settings.idempotency_ttl_ms,),
         )
         return _location(extra[-1] if name == "transfer" else location, _check(reply, op_id))
+
+    async def _claim(self, op_id: str, fp: str) -> None:
+        """Registers an op id in its own partition when it runs in another one.
+
+        The record that replays an operation lives in the partition it changes; the claim
+        makes the same id used for a SKU of another partition a conflict too.
+        """
+        claim = f"claim:{fp}"
+        key = keys.op(keys.partition_of(op_id), op_id)
+        ttl_ms = self.settings.idempotency_ttl_ms
+        first = await self.client.set(key, claim, nx=True, get=True, px=ttl_ms)
+        if first is not None and first != claim:
+            raise IdempotencyConflictError(op_id)
 
     async def receive(
         self,
@@ -271,28 +296,28 @@ class StockOps:
 
     # -- catalog -------------------------------------------------------------------------
 
+    async def _catalog_copies(self, encoded: str = "") -> list[str]:
+        """Offers a catalog to every partition (or only reads, with ''); their copies now."""
+        replies = await self._batcher.call(
+            [("catalog", list(keys.partition_keys(p)), [encoded]) for p in range(keys.PARTITIONS)]
+        )
+        return [reply[1] for reply in replies]
+
     async def catalog(self) -> Catalog:
-        """The catalog as partition 0 holds it (every partition converges to it)."""
-        raw = await self.client.get(keys.partition_keys(0)[0])
-        if not raw:
-            return Catalog()
-        catalog: Catalog = _catalog.decode(raw)
-        return catalog
+        """The newest catalog any partition holds (every partition converges to it)."""
+        copies = [_catalog.decode(raw) for raw in await self._catalog_copies() if raw]
+        return max(copies, key=lambda c: c.version, default=Catalog())
 
     async def _change_catalog(self, change: Any) -> Catalog:
-        # Copy-on-write with a version: each partition keeps the newest copy, and a
-        # writer that lost a race re-reads and re-applies until every partition has its copy.
+        # Optimistic and lock-free: build on the newest copy, offer the result to every
+        # partition (each keeps the higher version), and start again unless every
+        # partition now holds exactly this copy. A writer that lost a race re-applies
+        # its change on top of the winner's, so no change is lost.
         while True:
             current = await self.catalog()
             doc: Catalog = msgspec.structs.replace(change(current), version=current.version + 1)
-            encoded = _encode(doc)
-            replies = await asyncio.gather(
-                *(
-                    self.scripts["catalog"](keys.partition_keys(p), [encoded])
-                    for p in range(keys.PARTITIONS)
-                )
-            )
-            if all(r[1] == doc.version for r in replies):
+            encoded = _encode(doc).decode()
+            if all(copy == encoded for copy in await self._catalog_copies(encoded)):
                 return doc
 
     async def define_location(self, location: str) -> Catalog:
@@ -344,8 +369,9 @@ class StockOps:
         """Replace the SKU's buffer during a time window (a flash sale); None removes it."""
         if override is None:
             return await self._sku(sku, "override", "")
-        validate.integer("override.start_ms", override.start_ms, 0, 2**53)
-        validate.integer("override.end_ms", override.end_ms, override.start_ms + 1, 2**53)
+        validate.integer("override.start_ms", override.start_ms, 0, validate.MAX_TIME_MS)
+        low = override.start_ms + 1
+        validate.integer("override.end_ms", override.end_ms, low, validate.MAX_TIME_MS)
         validate.integer("override.qty", override.qty, 0, validate.MAX_QTY)
         return await self._sku(sku, "override", _encode(override))
 
@@ -370,14 +396,16 @@ class StockOps:
     async def ats(self, channel: str, skus: list[str]) -> dict[str, int]:
         """ATS of each SKU for one channel; unknown SKUs are left out."""
         validate.name("channel", channel)
+        if not skus and channel not in (await self.catalog()).channels:
+            raise UnknownChannelError(channel)
         by_part: dict[int, list[str]] = {}
         for sku in skus:
             by_part.setdefault(keys.partition_of(validate.name("sku", sku)), []).append(sku)
-        replies = await asyncio.gather(
-            *(
-                self.scripts["ats"](keys.partition_keys(p), [channel, *group])
+        replies = await self._batcher.call(
+            [
+                ("ats", list(keys.partition_keys(p)), [channel, *group])
                 for p, group in by_part.items()
-            )
+            ]
         )
         result: dict[str, int] = {}
         for group, reply in zip(by_part.values(), replies, strict=True):
@@ -388,7 +416,7 @@ class StockOps:
     async def sweep(self, limit: int = 1000) -> int:
         """Settle up to `limit` expired holds per partition; returns how many it settled."""
         args = [limit, self.settings.finished_retention_ms, limit]
-        replies = await asyncio.gather(
-            *(self.scripts["sweep"](keys.partition_keys(p), args) for p in range(keys.PARTITIONS))
+        replies = await self._batcher.call(
+            [("sweep", list(keys.partition_keys(p)), args) for p in range(keys.PARTITIONS)]
         )
         return sum(r[0] for r in replies)

@@ -9,6 +9,7 @@ from .errors import ValidationError
 
 MAX_QTY = 1_000_000_000  # far above any real stock; keeps Lua's doubles exact
 MAX_TTL_MS = 30 * 24 * 3600 * 1000
+MAX_TIME_MS = 10**13  # year 2286: Lua's cjson keeps 14 significant digits
 MAX_LINES = 100
 
 # ':' separates SKU and location in hash fields, so identifiers never contain it.

@@ -204,10 +204,13 @@ local function is_multi_part(rec)
   return string.find(rec.parts, ',', 1, true) ~= nil
 end
 
--- Idempotency records of stock operations: {fingerprint, reply}, kept for ttl_ms.
+-- Idempotency records of stock operations: {fingerprint, reply}, kept for ttl_ms. A record
+-- that is a claim ('claim:...', see engine/stock.py) means the id was used for a SKU of
+-- another partition, so it is a conflict here.
 local function replayed(key, fingerprint)
   local raw = redis.call('GET', key)
   if not raw then return nil end
+  if string.sub(raw, 1, 6) == 'claim:' then return { IDEMPOTENCY_CONFLICT } end
   local stored = cjson.decode(raw)
   if stored[1] ~= fingerprint then return { IDEMPOTENCY_CONFLICT } end
   return stored[2]

@@ -1,0 +1,164 @@
+"""Contract of lua/count.lua through Engine.count."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from helpers import outbox_events
+
+from engine import Engine, HoldState
+from engine.errors import (
+    CountBelowReservedError,
+    IdempotencyConflictError,
+    UnknownLocationError,
+    UnknownSkuError,
+    ValidationError,
+)
+from engine.models import LocationStock
+
+MINUTE_MS = 60_000
+
+
+async def moves(client: Any) -> list[dict[str, Any]]:
+    return [e for e in await outbox_events(client) if e["type"] == "move" and e["kind"] == "count"]
+
+
+async def test_count_sets_on_hand_both_ways(shop: Engine) -> None:
+    await shop.receive("A", "wh1", 10)
+    assert await shop.count("A", "wh1", 7) == LocationStock("wh1", 7, 0, 0, 7)
+    assert await shop.count("A", "wh1", 12) == LocationStock("wh1", 12, 0, 0, 12)
+    assert await shop.count("A", "wh1", 0) == LocationStock("wh1", 0, 0, 0, 0)
+    assert await shop.count("A", "store", 4) == LocationStock("store", 4, 0, 0, 4)
+    stock = await shop.stock("A")
+    assert [(s.location, s.on_hand, s.available) for s in stock.locations] == [
+        ("store", 4, 4),
+        ("wh1", 0, 0),
+        ("wh2", 0, 0),
+    ]
+    assert stock.ats == {"amazon": 0, "pos": 4, "web": 0}
+
+
+async def test_count_keeps_live_holds_and_committed_units(shop: Engine, any_client: Any) -> None:
+    await shop.receive("A", "wh1", 10)
+    sold = await shop.hold("web", {"A": 2}, ttl_ms=MINUTE_MS)
+    await shop.confirm(sold.id, reference="order-1")
+    live = await shop.hold("web", {"A": 3}, ttl_ms=MINUTE_MS)
+    result = await shop.count("A", "wh1", 8, reason="cycle count", actor="ops", op_id="cnt-1")
+    assert result == LocationStock("wh1", on_hand=8, committed=2, held=3, available=3)
+    assert (await shop.get_hold(live.id)).state is HoldState.HELD
+    stock = await shop.stock("A")
+    assert stock.locations[1] == result
+    assert stock.ats == {"amazon": 3, "pos": 0, "web": 3}
+    expected = {
+        "id": "cnt-1:1",
+        "sku": "A",
+        "location": "wh1",
+        "qty": 8,
+        "on_hand_delta": -2,
+        "committed_delta": 0,
+        "reason": "cycle count",
+        "actor": "ops",
+        "reference": "",
+    }
+    assert [{k: m.get(k) for k in expected} for m in await moves(any_client)] == [expected]
+    await shop.release(live.id)
+    assert (await shop.stock("A")).ats["web"] == 6
+
+
+async def test_count_to_exactly_committed_plus_held(shop: Engine) -> None:
+    await shop.receive("A", "wh1", 10)
+    sold = await shop.hold("web", {"A": 2}, ttl_ms=MINUTE_MS)
+    await shop.confirm(sold.id, reference="order-1")
+    await shop.hold("web", {"A": 3}, ttl_ms=MINUTE_MS)
+    assert await shop.count("A", "wh1", 5) == LocationStock("wh1", 5, 2, 3, 0)
+
+
+async def test_count_below_committed_plus_held_is_refused(shop: Engine, any_client: Any) -> None:
+    await shop.receive("A", "wh1", 10)
+    sold = await shop.hold("web", {"A": 2}, ttl_ms=MINUTE_MS)
+    await shop.confirm(sold.id, reference="order-1")
+    await shop.hold("web", {"A": 3}, ttl_ms=MINUTE_MS)
+    before = await shop.stock("A")
+    with pytest.raises(CountBelowReservedError) as error:
+        await shop.count("A", "wh1", 4)
+    e = error.value
+    assert (e.sku, e.location, e.counted, e.reserved) == ("A", "wh1", 4, 5)
+    assert await shop.stock("A") == before
+    assert await moves(any_client) == []
+
+
+async def test_each_count_appends_a_move_with_a_unique_id(shop: Engine, any_client: Any) -> None:
+    await shop.receive("A", "wh1", 3)
+    await shop.count("A", "wh1", 5)
+    await shop.count("A", "wh1", 5)
+    found = await moves(any_client)
+    assert [(m["qty"], m["on_hand_delta"]) for m in found] == [(5, 2), (5, 0)]
+    assert len({m["id"] for m in found}) == 2
+
+
+async def test_replay_returns_the_first_result_and_changes_nothing(
+    shop: Engine, any_client: Any
+) -> None:
+    await shop.receive("A", "wh1", 10)
+    first = await shop.count("A", "wh1", 6, op_id="cnt-2")
+    await shop.receive("A", "wh1", 1)
+    again = await shop.count("A", "wh1", 6, op_id="cnt-2")
+    assert again == first == LocationStock("wh1", 6, 0, 0, 6)
+    assert (await shop.stock("A")).locations[1].on_hand == 7
+    assert len(await moves(any_client)) == 1
+
+
+@pytest.mark.parametrize("change", [{"counted": 5}, {"location": "wh2"}, {"reason": "audit"}])
+async def test_same_op_id_with_another_payload_is_a_conflict(
+    shop: Engine, any_client: Any, change: dict[str, Any]
+) -> None:
+    await shop.receive("A", "wh1", 10)
+    args: dict[str, Any] = {"sku": "A", "location": "wh1", "counted": 6}
+    await shop.count(**args, op_id="cnt-3")
+    before = await shop.stock("A")
+    with pytest.raises(IdempotencyConflictError) as error:
+        await shop.count(**(args | change), op_id="cnt-3")
+    assert error.value.op_id == "cnt-3"
+    assert await shop.stock("A") == before
+    assert len(await moves(any_client)) == 1
+
+
+async def test_unknown_names_are_refused_and_change_nothing(shop: Engine, any_client: Any) -> None:
+    await shop.receive("A", "wh1", 5)
+    before = await shop.stock("A")
+    with pytest.raises(UnknownSkuError) as sku_error:
+        await shop.count("NOPE", "wh1", 1)
+    assert sku_error.value.sku == "NOPE"
+    with pytest.raises(UnknownLocationError) as location_error:
+        await shop.count("A", "nowhere", 1)
+    assert location_error.value.location == "nowhere"
+    assert await shop.stock("A") == before
+    assert await moves(any_client) == []
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"counted": -1},
+        {"counted": 10**12},
+        {"counted": "1"},
+        {"counted": 1.5},
+        {"counted": True},
+        {"sku": "bad:sku"},
+        {"sku": ""},
+        {"location": "wh:1"},
+        {"location": ""},
+        {"op_id": "-leading-dash"},
+    ],
+)
+async def test_bad_arguments_are_refused(
+    shop: Engine, any_client: Any, bad: dict[str, Any]
+) -> None:
+    await shop.receive("A", "wh1", 5)
+    before = await shop.stock("A")
+    args: dict[str, Any] = {"sku": "A", "location": "wh1", "counted": 2} | bad
+    with pytest.raises(ValidationError):
+        await shop.count(**args)
+    assert await shop.stock("A") == before
+    assert await moves(any_client) == []

@@ -1,0 +1,152 @@
+"""Contract of lua/ship.lua through Engine.ship."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from helpers import outbox_events
+
+from engine import Engine
+from engine.errors import (
+    IdempotencyConflictError,
+    InsufficientCommittedError,
+    UnknownLocationError,
+    UnknownSkuError,
+    ValidationError,
+)
+from engine.models import LocationStock
+
+MINUTE_MS = 60_000
+
+
+async def moves(client: Any) -> list[dict[str, Any]]:
+    return [e for e in await outbox_events(client) if e["type"] == "move" and e["kind"] == "ship"]
+
+
+@pytest.fixture
+async def sold(shop: Engine) -> Engine:
+    """A: 5 on hand at wh1, 3 of them committed to order-1."""
+    await shop.receive("A", "wh1", 5)
+    h = await shop.hold("web", {"A": 3}, ttl_ms=MINUTE_MS)
+    await shop.confirm(h.id, reference="order-1")
+    return shop
+
+
+async def test_ship_lowers_on_hand_and_committed_together(sold: Engine) -> None:
+    result = await sold.ship("A", "wh1", 2, reference="order-1")
+    assert result == LocationStock("wh1", on_hand=3, committed=1, held=0, available=2)
+    stock = await sold.stock("A")
+    assert [(s.location, s.on_hand, s.committed, s.held, s.available) for s in stock.locations] == [
+        ("store", 0, 0, 0, 0),
+        ("wh1", 3, 1, 0, 2),
+        ("wh2", 0, 0, 0, 0),
+    ]
+    assert stock.ats == {"amazon": 2, "pos": 0, "web": 2}, "shipping changed what is for sale"
+    assert await sold.ship("A", "wh1", 1) == LocationStock("wh1", 2, 0, 0, 2)
+
+
+async def test_ship_appends_one_ship_move(sold: Engine, any_client: Any) -> None:
+    await sold.ship("A", "wh1", 2, reference="order-1", actor="dock", reason="ups", op_id="shp-1")
+    await sold.ship("A", "wh1", 1, reference="order-1")
+    found = await moves(any_client)
+    expected = {
+        "id": "shp-1:1",
+        "sku": "A",
+        "location": "wh1",
+        "qty": 2,
+        "on_hand_delta": -2,
+        "committed_delta": -2,
+        "reason": "ups",
+        "actor": "dock",
+        "reference": "order-1",
+    }
+    assert {k: found[0].get(k) for k in expected} == expected
+    rest = [(m["qty"], m["on_hand_delta"], m["committed_delta"]) for m in found[1:]]
+    assert rest == [(1, -1, -1)]
+    assert found[0]["id"] != found[1]["id"]
+
+
+async def test_shipping_more_than_committed_is_refused(sold: Engine, any_client: Any) -> None:
+    before = await sold.stock("A")
+    with pytest.raises(InsufficientCommittedError) as error:
+        await sold.ship("A", "wh1", 4, reference="order-1")
+    e = error.value
+    assert (e.sku, e.location, e.requested, e.committed) == ("A", "wh1", 4, 3)
+    with pytest.raises(InsufficientCommittedError) as error:
+        await sold.ship("A", "wh2", 1)
+    assert (error.value.location, error.value.committed) == ("wh2", 0)
+    assert await sold.stock("A") == before
+    assert await moves(any_client) == []
+
+
+async def test_held_units_cannot_be_shipped(shop: Engine) -> None:
+    await shop.receive("A", "wh1", 5)
+    await shop.hold("web", {"A": 2}, ttl_ms=MINUTE_MS)
+    with pytest.raises(InsufficientCommittedError) as error:
+        await shop.ship("A", "wh1", 1)
+    assert error.value.committed == 0
+    assert (await shop.stock("A")).locations[1] == LocationStock("wh1", 5, 0, 2, 3)
+
+
+async def test_replay_returns_the_first_result_and_changes_nothing(
+    sold: Engine, any_client: Any
+) -> None:
+    first = await sold.ship("A", "wh1", 1, reference="order-1", op_id="shp-2")
+    again = await sold.ship("A", "wh1", 1, reference="order-1", op_id="shp-2")
+    assert again == first == LocationStock("wh1", 4, 2, 0, 2)
+    assert (await sold.stock("A")).locations[1] == first
+    assert len(await moves(any_client)) == 1
+
+
+@pytest.mark.parametrize("change", [{"qty": 2}, {"reference": "order-2"}, {"reason": "dhl"}])
+async def test_same_op_id_with_another_payload_is_a_conflict(
+    sold: Engine, any_client: Any, change: dict[str, Any]
+) -> None:
+    args: dict[str, Any] = {"sku": "A", "location": "wh1", "qty": 1, "reference": "order-1"}
+    await sold.ship(**args, op_id="shp-3")
+    before = await sold.stock("A")
+    with pytest.raises(IdempotencyConflictError) as error:
+        await sold.ship(**(args | change), op_id="shp-3")
+    assert error.value.op_id == "shp-3"
+    assert await sold.stock("A") == before
+    assert len(await moves(any_client)) == 1
+
+
+async def test_unknown_names_are_refused_and_change_nothing(sold: Engine, any_client: Any) -> None:
+    before = await sold.stock("A")
+    with pytest.raises(UnknownSkuError) as sku_error:
+        await sold.ship("NOPE", "wh1", 1)
+    assert sku_error.value.sku == "NOPE"
+    with pytest.raises(UnknownLocationError) as location_error:
+        await sold.ship("A", "nowhere", 1)
+    assert location_error.value.location == "nowhere"
+    assert await sold.stock("A") == before
+    assert await moves(any_client) == []
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"qty": 0},
+        {"qty": -1},
+        {"qty": 10**12},
+        {"qty": "1"},
+        {"qty": 1.5},
+        {"qty": True},
+        {"sku": "bad:sku"},
+        {"sku": ""},
+        {"location": "wh:1"},
+        {"location": ""},
+        {"reference": 123},
+    ],
+)
+async def test_bad_arguments_are_refused(
+    sold: Engine, any_client: Any, bad: dict[str, Any]
+) -> None:
+    before = await sold.stock("A")
+    args: dict[str, Any] = {"sku": "A", "location": "wh1", "qty": 1} | bad
+    with pytest.raises(ValidationError):
+        await sold.ship(**args)
+    assert await sold.stock("A") == before
+    assert await moves(any_client) == []
