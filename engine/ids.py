@@ -9,7 +9,20 @@ from typing import Any
 
 from . import keys
 
-_SUFFIXES = [b"%03x" % i for i in range(4096)]
+
+def _suffix_for_each_delta() -> list[bytes]:
+    # For suffixes of one length, crc32(base + s) XOR crc32(base + s0) does not depend on
+    # base (CRC is affine over GF(2)). So one table, keyed by the low bits that a suffix
+    # flips, picks the suffix that lands any base in any partition, with no search.
+    reference = zlib.crc32(b"000")
+    table: dict[int, bytes] = {}
+    for i in range(4096):
+        suffix = b"%03x" % i
+        table.setdefault((zlib.crc32(suffix) ^ reference) % keys.PARTITIONS, suffix)
+    return [table[delta] for delta in range(keys.PARTITIONS)]
+
+
+_SUFFIX = _suffix_for_each_delta()
 
 
 def new_id(partition: int | None = None) -> str:
@@ -17,11 +30,8 @@ def new_id(partition: int | None = None) -> str:
     base = f"{random.getrandbits(64):016x}"  # unique enough; random reseeds after fork
     if partition is None:
         return base
-    crc = zlib.crc32(base.encode())
-    for suffix in _SUFFIXES:
-        if zlib.crc32(suffix, crc) % keys.PARTITIONS == partition:
-            return base + suffix.decode()
-    raise AssertionError("unreachable: 4096 suffixes cover every partition")
+    landed = zlib.crc32(b"000", zlib.crc32(base.encode())) % keys.PARTITIONS
+    return base + _SUFFIX[landed ^ partition].decode()
 
 
 def fingerprint(*parts: Any) -> str:
