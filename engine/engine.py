@@ -32,6 +32,10 @@ _record = msgspec.json.Decoder(Record)
 CONFIRM_GRACE_MS = 30_000  # a multi-part confirm keeps every part alive this long
 
 
+def _is_confirmed(reply: list[Any]) -> bool:
+    return bool(reply[0] == Code.HOLD_NOT_ACTIVE and reply[2] == "confirmed")
+
+
 def _shortfall(reply: list[Any]) -> ShortfallError:
     error = error_for(reply)
     assert isinstance(error, ShortfallError)
@@ -153,17 +157,22 @@ class Engine(StockOps):
     ) -> list[Any]:
         replies = await self._each_part("extend", hold_id, parts, op_id, ttl_ms)
         missing: dict[str, int] = {}
+        failure: list[Any] | None = None
         for reply in replies:
             if reply[0] == Code.SHORTFALL:
                 missing.update(_shortfall(reply).missing)
-            elif not (confirming and reply[0] == Code.HOLD_NOT_ACTIVE and reply[2] == "confirmed"):
-                _check(reply, hold_id)
-        if missing:
-            # Every part shares one expiry: a part that could not be revived means the
-            # hold is over, so the parts that were revived give their units back.
-            await self._each_part("release", hold_id, parts, "released", "")
-            raise ShortfallError(hold_id, missing)
-        return replies
+            elif reply[0] != Code.OK and not (confirming and _is_confirmed(reply)):
+                failure = failure or reply
+        if failure is None and not missing:
+            return replies
+        # Parts share one expiry and one fate: the parts this call revived must not stay
+        # held while another part could not go on. They end as that part did.
+        if failure is None:
+            ending = "expired"
+        else:
+            ending = "rejected" if failure[0] == Code.HOLD_NOT_FOUND else "released"
+        await self._each_part("release", hold_id, parts, ending, "")
+        raise error_for(failure, hold_id) if failure else ShortfallError(hold_id, missing)
 
     async def confirm(self, hold_id: str, *, reference: str | None = None, actor: str = "") -> Hold:
         """Turn a hold into committed units; an expired hold only if stock still allows."""

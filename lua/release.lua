@@ -1,8 +1,10 @@
 -- Release holds: their units return to sale at once. Releasing a finished hold is a no-op.
+-- The engine also uses it to end the parts of a multi-part hold that cannot go on, with the
+-- state to record: 'rejected' (the hold was refused elsewhere) or 'expired' (a part could
+-- not be revived); those also mark a part that has already expired.
 -- KEYS[1..7] partition keys
--- ARGV[1] JSON array of ops: [hold id, state to record ('released', or 'rejected' when the
---         engine undoes a part of a multi-part hold that failed elsewhere), fingerprint
---         ('' = any; else only a hold placed with that payload is released), scope ('hold'|'part')]
+-- ARGV[1] JSON array of ops: [hold id, state to record ('released' | 'rejected' | 'expired'),
+--         fingerprint ('' = any; else only a hold placed with that payload), scope ('hold'|'part')]
 -- Returns per op: {0, hold record JSON} or {code, details...}
 expire_due(-1)
 
@@ -11,9 +13,17 @@ return each_op(function(op)
   local raw = redis.call('HGET', K.holds, id)
   if not raw then return { HOLD_NOT_FOUND, id } end
   local rec = cjson.decode(raw)
+  if rec.st == 'rejected' then return { HOLD_NOT_FOUND, id } end
   if scope == 'hold' and is_multi_part(rec) then return { MULTI_PART, rec.parts } end
   if rec.st == 'confirmed' then return { HOLD_NOT_ACTIVE, id, rec.st } end
-  if rec.st ~= 'held' or (fp ~= '' and fp ~= rec.fp) then return { OK, raw } end
-  apply_held(rec, -1)
-  return { OK, finish(rec, state) }
+  if fp ~= '' and fp ~= rec.fp then return { OK, raw } end
+  if rec.st == 'held' then
+    apply_held(rec, -1)
+    return { OK, finish(rec, state) }
+  end
+  if rec.st == 'expired' and state == 'rejected' then
+    rec.st = state
+    return { OK, save(rec, state) }
+  end
+  return { OK, raw }
 end)

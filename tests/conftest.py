@@ -8,12 +8,10 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from helpers import setup_shop
+from helpers import claim_database, setup_shop
 
 from engine import Engine, Settings, connect
 from engine.embedded import EmbeddedCluster, EmbeddedValkey
-
-OWNED = "stockguard:test-owned"  # marks a database these tests may flush
 
 
 @pytest.fixture(scope="session")
@@ -30,14 +28,6 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with EmbeddedCluster(tmp_path_factory.mktemp("cluster")) as cluster:
         yield cluster.url
-
-
-async def _claim(client: Any, url: str) -> None:
-    """Refuse to flush a database that holds data these tests did not put there."""
-    if not await client.exists(OWNED) and await client.dbsize() > 0:
-        pytest.exit(f"{url} is not empty and not owned by the tests; point REDIS_URL elsewhere")
-    await client.flushdb()
-    await client.set(OWNED, "1")
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +47,7 @@ async def cluster_client(cluster_url: str) -> AsyncIterator[Any]:
 @pytest.fixture
 async def client(single_client: Any, redis_url: str) -> Any:
     """The single-node client, on a freshly flushed database."""
-    await _claim(single_client, redis_url)
+    await claim_database(single_client, redis_url)
     return single_client
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import pytest
 
 from engine import Engine, Policy, PolicyKind, keys
+
+OWNED = "stockguard:test-owned"  # marks a database these tests may flush
 
 
 async def setup_shop(engine: Engine, skus: tuple[str, ...] = ("A", "B", "C")) -> None:
@@ -27,3 +30,11 @@ async def outbox_events(client: Any) -> list[dict[str, Any]]:
         for _, fields in await client.xrange(keys.outbox(p)):
             events.extend(msgspec.json.decode(fields["events"]))
     return events
+
+
+async def claim_database(client: Any, url: str) -> None:
+    """Refuse to flush a database that holds data these tests did not put there."""
+    if not await client.exists(OWNED) and await client.dbsize() > 0:
+        pytest.exit(f"{url} is not empty and not owned by the tests; point REDIS_URL elsewhere")
+    await client.flushdb()
+    await client.set(OWNED, "1")
