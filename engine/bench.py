@@ -66,7 +66,7 @@ async def _run(
 
 async def _rates(
     engine: Engine,
-    paths: dict[str, Callable[[Engine, str], Awaitable[None]]],
+    paths: Mapping[str, Callable[[Engine, str], Awaitable[None]]],
     skus: list[str],
     seconds: float,
     round_s: float = 0.5,
