@@ -13,16 +13,13 @@ from .config import Settings
 from .embedded import EmbeddedValkey
 from .engine import Engine
 
-MAX_CONNECTIONS = 128
+MAX_CONNECTIONS = 1024
 
 
 async def connect(url: str, **options: Any) -> Any:
     """A client for the server at url: a RedisCluster if that server is in cluster mode."""
-    # A blocking pool makes a burst of calls wait for a connection instead of failing.
-    pool = redis.BlockingConnectionPool.from_url(
-        url, decode_responses=True, max_connections=MAX_CONNECTIONS, timeout=30, **options
-    )
-    client = redis.Redis.from_pool(pool)
+    # Coalescing keeps the connections in use few; the cap only stops a runaway caller.
+    client = redis.from_url(url, decode_responses=True, max_connections=MAX_CONNECTIONS, **options)
     try:
         info = await client.info("cluster")
     except BaseException:

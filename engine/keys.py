@@ -1,7 +1,7 @@
 """The whole keyspace on one screen.
 
 Stock lives in a fixed number of partitions. Each partition is one hash slot
-(its hash tag is ``{pNN}``), so every script call touches exactly one slot and
+(its keys share one hash tag), so every script call touches exactly one slot and
 works unchanged on a single node and on Redis Cluster. A SKU belongs to one
 partition; a hold's home partition is where its record is looked up. The
 outbox is one stream per partition, so a reader finds every entry by walking
@@ -21,7 +21,8 @@ outbox    stream  moves and hold events, in commit order
 finished  zset    hold id -> finished_at_ms, for retention
 ========  ======  ===========================================================
 
-Per-operation idempotency records are strings ``sg:{pNN}:op:<op id>``.
+Per-operation idempotency records are strings ``<partition prefix>:op:<op id>``. A
+partition's prefix is ``sg:{<tag>}``, for example ``sg:{p0.1}:stock``.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from __future__ import annotations
 import zlib
 from functools import cache
 
+from redis.crc import key_slot
+
 PREFIX = "sg"
-PARTITIONS = 16  # fixed: changing it moves SKUs between partitions
+PARTITIONS = 8  # fixed: changing it moves SKUs between partitions
 
 PARTITION_KEYS = ("catalog", "skus", "stock", "holds", "expiry", "outbox", "finished")
 
@@ -40,8 +43,27 @@ def partition_of(name: str) -> int:
     return zlib.crc32(name.encode()) % PARTITIONS
 
 
+def _balanced_tags() -> tuple[str, ...]:
+    # Tag i hashes into the i-th of PARTITIONS equal ranges of the 16384 cluster slots, so
+    # a cluster whose masters own equal contiguous ranges (as `redis-cli --cluster create`
+    # and the embedded cluster assign them) gets the partitions evenly.
+    tags = []
+    for i in range(PARTITIONS):
+        low, high = i * SLOTS // PARTITIONS, (i + 1) * SLOTS // PARTITIONS
+        n = 0
+        while not low <= key_slot(f"p{i}.{n}".encode()) < high:
+            n += 1
+        tags.append(f"p{i}.{n}")
+    return tuple(tags)
+
+
+SLOTS = 16384
+_TAGS = _balanced_tags()
+
+
 def tag(partition: int) -> str:
-    return f"{PREFIX}:{{p{partition:02d}}}"
+    """The prefix of every key of a partition: its hash tag puts them all in one slot."""
+    return f"{PREFIX}:{{{_TAGS[partition]}}}"
 
 
 @cache
