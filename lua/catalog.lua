@@ -8,7 +8,7 @@ if ARGV[1] ~= '' then
   if cjson.decode(ARGV[1]).version > version then
     redis.call('SET', K.catalog, ARGV[1])
     emit_json('{"type":"catalog","catalog":' .. ARGV[1] .. '}')
-    flush_outbox()
+    commit()
     stored = ARGV[1]
   end
 end

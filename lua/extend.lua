@@ -7,7 +7,7 @@ expire_due(-1)
 
 return each_op(function(op)
   local id, op_id, ttl_ms, scope = op[1], op[2], op[3], op[4]
-  local raw = redis.call('HGET', K.holds, id)
+  local raw = hold_record(id)
   if not raw then return { HOLD_NOT_FOUND, id } end
   local rec = cjson.decode(raw)
   if rec.st == 'rejected' then return { HOLD_NOT_FOUND, id } end
@@ -19,9 +19,9 @@ return each_op(function(op)
     if short then return short end
     apply_held(rec, 1)
     rec.st = 'held'
-    redis.call('ZREM', K.finished, id)
+    finished[id] = false
   end
   rec.exp, rec.ext = math.max(rec.exp, NOW + ttl_ms), op_id
-  redis.call('ZADD', K.expiry, rec.exp, id)
+  expiry[id] = rec.exp
   return { OK, save(rec, 'extended') }
 end)

@@ -7,7 +7,7 @@ expire_due(-1)
 
 local function reject(rec, reply)
   rec.st, rec.err = 'rejected', reply
-  redis.call('ZADD', K.finished, NOW, rec.id)
+  finished[rec.id] = NOW
   save(rec)
   return reply
 end
@@ -29,7 +29,7 @@ return each_op(function(op)
   local rec = { id = op[1], fp = op[2], ch = op[3], exp = NOW + op[5], parts = op[6],
                 st = 'held', lines = {} }
   if op[4] ~= '' then rec.cust = op[4] end
-  local raw = redis.call('HGET', K.holds, rec.id)
+  local raw = hold_record(rec.id)
   if raw then
     local first = cjson.decode(raw)
     if first.fp ~= rec.fp then return { IDEMPOTENCY_CONFLICT, rec.id } end
@@ -39,6 +39,6 @@ return each_op(function(op)
   if failure then return reject(rec, failure) end
   for _, w in ipairs(op[7]) do allocate(w[1], rec.ch, w[2], w[3], rec.lines) end
   apply_held(rec, 1)
-  redis.call('ZADD', K.expiry, rec.exp, rec.id)
+  expiry[rec.id] = rec.exp
   return { OK, save(rec, 'placed') }
 end)

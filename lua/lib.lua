@@ -15,19 +15,37 @@ local INSUFFICIENT_COMMITTED, COUNT_BELOW_RESERVED, MULTI_PART = 9, 10, 11
 local server_time = redis.call('TIME')
 local NOW = tonumber(server_time[1]) * 1000 + math.floor(tonumber(server_time[2]) / 1000)
 
+-- Writes are buffered and applied once per call by commit(): one HINCRBY per changed
+-- counter, one HSET for the hold records, one ZADD/ZREM per sorted set, one XADD. Reads
+-- go through the buffer, so every op of a batch sees the ops before it, and a batch of
+-- holds on one hot SKU costs a handful of writes instead of several per hold.
+local counters, records, expiry, finished = {}, {}, {}, {}
+
 -- Stock hash fields: "sku:location:on_hand|committed|held" and "sku:channel:channel_held".
 local function level(sku, location)
   local f = sku .. ':' .. location .. ':'
-  local v = redis.call('HMGET', K.stock, f .. 'on_hand', f .. 'committed', f .. 'held')
-  return tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0
+  local on_hand, committed, held = f .. 'on_hand', f .. 'committed', f .. 'held'
+  local v = redis.call('HMGET', K.stock, on_hand, committed, held)
+  return (tonumber(v[1]) or 0) + (counters[on_hand] or 0),
+         (tonumber(v[2]) or 0) + (counters[committed] or 0),
+         (tonumber(v[3]) or 0) + (counters[held] or 0)
 end
 
 local function channel_held(sku, channel)
-  return tonumber(redis.call('HGET', K.stock, sku .. ':' .. channel .. ':channel_held')) or 0
+  local f = sku .. ':' .. channel .. ':channel_held'
+  return (tonumber(redis.call('HGET', K.stock, f)) or 0) + (counters[f] or 0)
 end
 
 local function add(sku, place, field, by)
-  if by ~= 0 then redis.call('HINCRBY', K.stock, sku .. ':' .. place .. ':' .. field, by) end
+  local f = sku .. ':' .. place .. ':' .. field
+  counters[f] = (counters[f] or 0) + by
+end
+
+-- A hold record (JSON) as this call has left it, or false.
+local function hold_record(id)
+  local raw = records[id]
+  if raw == nil then raw = redis.call('HGET', K.holds, id) end
+  return raw
 end
 
 -- The outbox gets one entry per script call: {at_ms, events = JSON array}. Each event is
@@ -44,12 +62,40 @@ local function emit(kind, record)
   emit_json(cjson.encode(record))
 end
 
-local function flush_outbox()
+-- Applies a member -> score (or false: remove) map to a sorted set.
+local function apply_zset(key, members)
+  local adds, removals = {}, {}
+  for member, score in pairs(members) do
+    if score then
+      adds[#adds + 1] = score; adds[#adds + 1] = member
+    else
+      removals[#removals + 1] = member
+    end
+  end
+  for i = 1, #adds, 1000 do redis.call('ZADD', key, unpack(adds, i, math.min(i + 999, #adds))) end
+  for i = 1, #removals, 1000 do
+    redis.call('ZREM', key, unpack(removals, i, math.min(i + 999, #removals)))
+  end
+end
+
+-- Applies every buffered write, the outbox entry last. Every script that changes state
+-- calls it before it returns.
+local function commit()
+  for field, by in pairs(counters) do
+    if by ~= 0 then redis.call('HINCRBY', K.stock, field, by) end
+  end
+  local pairs_ = {}
+  for id, raw in pairs(records) do pairs_[#pairs_ + 1] = id; pairs_[#pairs_ + 1] = raw end
+  for i = 1, #pairs_, 1000 do
+    redis.call('HSET', K.holds, unpack(pairs_, i, math.min(i + 999, #pairs_)))
+  end
+  apply_zset(K.expiry, expiry)
+  apply_zset(K.finished, finished)
   if #outbox_events > 0 then
     redis.call('XADD', K.outbox, '*', 'at_ms', NOW,
                'events', '[' .. table.concat(outbox_events, ',') .. ']')
-    outbox_events = {}
   end
+  counters, records, expiry, finished, outbox_events = {}, {}, {}, {}, {}
 end
 
 local catalog_cache
@@ -175,15 +221,14 @@ end
 -- Saves the hold record and appends it to the outbox as the event; returns its JSON.
 local function save(rec, event)
   local encoded = cjson.encode(rec)
-  redis.call('HSET', K.holds, rec.id, encoded)
+  records[rec.id] = encoded
   if event then emit_json('{"type":"hold","event":"' .. event .. '","hold":' .. encoded .. '}') end
   return encoded
 end
 
 local function finish(rec, state)
   rec.st = state
-  redis.call('ZREM', K.expiry, rec.id)
-  redis.call('ZADD', K.finished, NOW, rec.id)
+  expiry[rec.id], finished[rec.id] = false, NOW
   return save(rec, state)
 end
 
@@ -196,7 +241,7 @@ local function expire_due(limit)
     apply_held(rec, -1)
     finish(rec, 'expired')
   end
-  flush_outbox() -- now, so that no early return of the caller can lose these events
+  commit() -- now, so that no early return of the caller can lose these writes
   return #due
 end
 
@@ -243,7 +288,7 @@ end
 local function each_op(apply)
   local replies = {}
   for n, op in ipairs(cjson.decode(ARGV[1])) do replies[n] = apply(op) end
-  flush_outbox()
+  commit()
   return replies
 end
 
@@ -255,6 +300,6 @@ local function each_stock_op(apply)
     local key = KEYS[FIRST_OP_KEY + n - 1]
     replies[n] = replayed(key, a[2]) or remember(key, a[2], apply(a), ARGV[2])
   end
-  flush_outbox()
+  commit()
   return replies
 end

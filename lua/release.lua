@@ -10,7 +10,7 @@ expire_due(-1)
 
 return each_op(function(op)
   local id, state, fp, scope = op[1], op[2], op[3], op[4]
-  local raw = redis.call('HGET', K.holds, id)
+  local raw = hold_record(id)
   if not raw then return { HOLD_NOT_FOUND, id } end
   local rec = cjson.decode(raw)
   if rec.st == 'rejected' then return { HOLD_NOT_FOUND, id } end

@@ -22,5 +22,5 @@ end
 local encoded = cjson.encode(st)
 redis.call('HSET', K.skus, sku, encoded)
 emit('sku', { sku = sku, settings = st })
-flush_outbox()
+commit()
 return { OK, encoded }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from helpers import outbox_events
 
@@ -127,3 +129,13 @@ async def test_hold_appends_its_event_to_the_outbox_in_the_same_call(
     assert {e["hold"]["id"] for e in placed} == {hold.id}
     held = sorted((sku, qty) for e in placed for sku, _, qty in e["hold"]["lines"] or [])
     assert held == [("A", 2), ("B", 1)]
+
+
+async def test_concurrent_duplicates_in_one_batch_hold_once(shop: Engine) -> None:
+    await shop.receive("A", "wh1", 5)
+    holds = await asyncio.gather(
+        *(shop.hold("web", {"A": 2}, ttl_ms=MINUTE_MS, hold_id="dup-1") for _ in range(10))
+    )
+    assert len({h.id for h in holds}) == 1
+    assert len({h.expires_at_ms for h in holds}) == 1
+    assert (await shop.stock("A")).ats["web"] == 3
