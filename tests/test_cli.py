@@ -1,0 +1,66 @@
+"""The `stockguard` command, run as a user would, against the test server."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from helpers import setup_shop
+
+from engine import Engine, HoldState, keys
+
+STOCKGUARD = [sys.executable, "-m", "engine.cli"]
+
+
+def test_help_lists_every_command() -> None:
+    out = subprocess.run([*STOCKGUARD, "--help"], capture_output=True, text=True, check=True)
+    for command in ("demo", "sweeper", "bench", "valkey", "cluster"):
+        assert command in out.stdout
+
+
+async def test_demo_runs_against_a_given_server(client: Any, redis_url: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *STOCKGUARD, "--redis-url", redis_url, "demo", stdout=subprocess.PIPE
+    )
+    stdout, _ = await proc.communicate()
+    assert proc.returncode == 0
+    text = stdout.decode()
+    assert "amazon asks for 1 more: refused" in text
+    assert "the sweeper settles it: 1 expired" in text
+    assert text.rstrip().splitlines()[-1].split()[-1] == "web=10"
+
+
+async def test_sweeper_settles_expired_holds_and_stops_on_sigterm(
+    client: Any, redis_url: str
+) -> None:
+    engine = Engine(client)
+    await setup_shop(engine)
+    await engine.receive("A", "wh1", 5)
+    proc = await asyncio.create_subprocess_exec(
+        *STOCKGUARD,
+        "--redis-url",
+        redis_url,
+        "sweeper",
+        "--interval-ms",
+        "50",
+        stdout=subprocess.PIPE,
+    )
+    try:
+        hold = await engine.hold("web", {"A": 2}, ttl_ms=100)
+        holds_key = keys.holds(keys.partition_of(hold.id))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            raw = await client.hget(holds_key, hold.id)
+            if '"st":"expired"' in raw:
+                break
+            await asyncio.sleep(0.05)
+        assert (await engine.get_hold(hold.id)).state is HoldState.EXPIRED
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        stdout, _ = await proc.communicate()
+    assert proc.returncode == 0
+    assert "settled 1 expired holds" in stdout.decode()
