@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from .cluster import EmbeddedCluster
 from .config import Settings
 from .connect import connect, open_engine
-from .embedded import EmbeddedCluster, EmbeddedValkey
+from .embedded import EmbeddedValkey
 
 
 def _settings(args: argparse.Namespace) -> Settings:

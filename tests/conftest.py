@@ -11,7 +11,8 @@ import pytest
 from helpers import claim_database, setup_shop
 
 from engine import Engine, Settings, connect
-from engine.embedded import EmbeddedCluster, EmbeddedValkey
+from engine.cluster import EmbeddedCluster
+from engine.embedded import EmbeddedValkey
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,8 @@ import pytest
 import redis
 
 import engine.embedded as embedded
-from engine.embedded import EmbeddedCluster, EmbeddedServerError, EmbeddedValkey
+from engine.cluster import EmbeddedCluster
+from engine.embedded import EmbeddedServerError, EmbeddedValkey
 
 STATE_FILE = "stockguard-valkey.json"
 
