@@ -1,0 +1,1 @@
+"""The HTTP layer (Starlette): thin over the engine. Arrives with the HTTP API issue."""
