@@ -139,9 +139,3 @@ class Batcher:
         # One JSON argument for the whole batch: packing one argument per field costs
         # redis-py more than everything else on this path.
         return name, script_keys, [_encode([args for args, _, _ in ops]), *head]
-
-    async def drain(self) -> None:
-        """Wait until every operation sent so far has its reply."""
-        while self._in_flight or self._flush_scheduled:
-            await asyncio.gather(*self._in_flight, return_exceptions=True)
-            await asyncio.sleep(0)

@@ -204,7 +204,7 @@ class Engine(StockOps):
         return _hold([_record.decode(reply[1])])
 
     async def get_hold(self, hold_id: str) -> Hold:
-        """The hold as it stands now (an expired hold reads as expired only once settled)."""
+        """The hold as it stands now; past its expiry (by the server's clock) it is expired."""
         validate.op_id("hold_id", hold_id)
         home = keys.partition_of(hold_id)
         raw = await self.client.hget(keys.holds(home), hold_id)
@@ -214,18 +214,27 @@ class Engine(StockOps):
         records = [record]
         for p in _parts(record.parts, home)[1:]:
             records.append(_record.decode(await self.client.hget(keys.holds(p), hold_id)))
-        return _hold(records)
+        hold = _hold(records)
+        if hold.state is HoldState.HELD:
+            seconds, micros = await self.client.time()
+            if hold.expires_at_ms <= seconds * 1000 + micros // 1000:
+                return msgspec.structs.replace(hold, state=HoldState.EXPIRED)
+        return hold
 
 
 def _merge(lines: Lines) -> dict[str, int]:
     """Validated lines, one per SKU: repeated SKUs add up."""
-    items = lines.items() if isinstance(lines, Mapping) else lines
+    try:
+        items = list(lines.items() if isinstance(lines, Mapping) else lines)
+        pairs = [(sku, qty) for sku, qty in items]
+    except (TypeError, ValueError):
+        raise ValidationError("lines", "must map SKUs to quantities") from None
     wanted: dict[str, int] = {}
-    for sku, qty in items:
+    for sku, qty in pairs:
         validate.name("sku", sku)
         wanted[sku] = wanted.get(sku, 0) + validate.qty("qty", qty)
     if not wanted or len(wanted) > validate.MAX_LINES:
         raise ValidationError("lines", f"must hold 1 to {validate.MAX_LINES} SKUs")
-    if len(wanted) < len(items) if isinstance(items, list | tuple) else False:
+    if len(wanted) < len(pairs):  # repeated SKUs: their sum must be a valid qty too
         validate.qty("qty", max(wanted.values()))
     return wanted

@@ -139,3 +139,17 @@ async def test_concurrent_duplicates_in_one_batch_hold_once(shop: Engine) -> Non
     assert len({h.id for h in holds}) == 1
     assert len({h.expires_at_ms for h in holds}) == 1
     assert (await shop.stock("A")).ats["web"] == 3
+
+
+@pytest.mark.parametrize("lines", [[("A",)], ["A"], 5, [("A", 1, 2)], None])
+async def test_malformed_lines_are_a_validation_error(shop: Engine, lines: object) -> None:
+    with pytest.raises(ValidationError):
+        await shop.hold("web", lines, ttl_ms=MINUTE_MS)  # type: ignore[arg-type]
+
+
+async def test_repeated_skus_add_up_and_their_sum_is_checked(shop: Engine) -> None:
+    await shop.receive("A", "wh1", 5)
+    hold = await shop.hold("web", [("A", 2), ("A", 1)], ttl_ms=MINUTE_MS)
+    assert [(line.sku, line.qty) for line in hold.lines] == [("A", 3)]
+    with pytest.raises(ValidationError):
+        await shop.hold("web", [("A", 10**9), ("A", 1)], ttl_ms=MINUTE_MS)

@@ -76,3 +76,11 @@ async def test_finished_holds_are_forgotten_after_their_retention(any_client: An
     await asyncio.sleep(0.1)
     await engine.sweep()
     assert await any_client.hget(keys.holds(keys.partition_of(hold.id)), hold.id) is None
+
+
+async def test_get_hold_reads_expired_past_expiry_even_before_settling(shop: Engine) -> None:
+    await shop.receive("A", "wh1", 5)
+    hold = await shop.hold("web", {"A": 1}, ttl_ms=30)
+    assert (await shop.get_hold(hold.id)).state is HoldState.HELD
+    await asyncio.sleep(0.1)
+    assert (await shop.get_hold(hold.id)).state is HoldState.EXPIRED
