@@ -1,0 +1,125 @@
+"""Outbox entries as ledger rows: what the writer persists to SQL.
+
+Each outbox entry (one per script call) carries a JSON array of events. Moves
+keep their own ids; other events are identified by their place in the outbox
+(partition, entry id, index), which is just as stable, so every row has a
+unique id and writing an entry twice adds nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class MoveRow(msgspec.Struct, frozen=True):
+    """One committed change to on_hand or committed."""
+
+    id: str
+    kind: str
+    sku: str
+    location: str
+    qty: int
+    on_hand_delta: int
+    committed_delta: int
+    at_ms: int
+    reason: str = ""
+    actor: str = ""
+    reference: str | None = None
+    channel: str | None = None
+    hold_id: str | None = None
+
+
+class HoldEventRow(msgspec.Struct, frozen=True):
+    """A hold placed, extended, confirmed, released, expired or rejected (one partition's part)."""
+
+    id: str
+    hold_id: str
+    event: str
+    channel: str
+    state: str
+    expires_at_ms: int
+    lines: str  # JSON [[sku, location, qty], ...]
+    parts: str
+    at_ms: int
+    customer: str | None = None
+    reference: str | None = None
+
+
+class CatalogRow(msgspec.Struct, frozen=True):
+    version: int
+    doc: str  # JSON, as engine.models.Catalog
+    at_ms: int
+
+
+class SkuSettingsRow(msgspec.Struct, frozen=True):
+    id: str
+    sku: str
+    settings: str  # JSON, as engine.models.SkuSettings
+    at_ms: int
+
+
+class Rows(msgspec.Struct):
+    """Everything some outbox entries add to the ledger."""
+
+    moves: list[MoveRow] = []
+    hold_events: list[HoldEventRow] = []
+    catalog: list[CatalogRow] = []
+    sku_settings: list[SkuSettingsRow] = []
+
+    def __len__(self) -> int:
+        return len(self.moves) + len(self.hold_events) + len(self.catalog) + len(self.sku_settings)
+
+    def extend(self, other: Rows) -> None:
+        self.moves += other.moves
+        self.hold_events += other.hold_events
+        self.catalog += other.catalog
+        self.sku_settings += other.sku_settings
+
+
+_events = msgspec.json.Decoder(list[dict[str, Any]])
+_encode = msgspec.json.encode
+
+
+def rows(partition: int, entries: list[tuple[str, dict[str, str]]]) -> Rows:
+    """Ledger rows of one partition's outbox entries, as XRANGE/XREADGROUP give them."""
+    out = Rows()
+    for entry_id, fields in entries:
+        at_ms = int(fields["at_ms"])
+        for index, event in enumerate(_events.decode(fields["events"])):
+            _add(out, f"{partition}:{entry_id}/{index}", at_ms, event)
+    return out
+
+
+def _add(out: Rows, event_id: str, at_ms: int, event: dict[str, Any]) -> None:
+    kind = event.pop("type")
+    if kind == "move":
+        event.setdefault("at_ms", at_ms)
+        out.moves.append(msgspec.convert(event, MoveRow))
+    elif kind == "hold":
+        hold = event["hold"]
+        lines = hold.get("lines") or []
+        out.hold_events.append(
+            HoldEventRow(
+                id=event_id,
+                hold_id=hold["id"],
+                event=event["event"],
+                channel=hold["ch"],
+                state=hold["st"],
+                expires_at_ms=int(hold["exp"]),
+                lines=_encode(lines).decode(),
+                parts=hold["parts"],
+                at_ms=at_ms,
+                customer=hold.get("cust"),
+                reference=hold.get("ref"),
+            )
+        )
+    elif kind == "catalog":
+        doc = event["catalog"]
+        out.catalog.append(CatalogRow(int(doc["version"]), _encode(doc).decode(), at_ms))
+    elif kind == "sku":
+        settings = _encode(event["settings"]).decode()
+        out.sku_settings.append(SkuSettingsRow(event_id, event["sku"], settings, at_ms))
+    else:
+        raise ValueError(f"unknown outbox event type {kind!r}")

@@ -1,0 +1,204 @@
+"""The SQL ledger: SQLite (WAL) by default, PostgreSQL in production, chosen by URL scheme.
+
+Every insert is idempotent on the row's id, so the writer may write an outbox
+entry again after a crash (between commit and acknowledgement) and nothing is
+duplicated. One `write` is one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import msgspec
+
+from .ledger import CatalogRow, HoldEventRow, MoveRow, Rows, SkuSettingsRow
+
+DEFAULT_URL = "sqlite:///./stockguard-data/ledger.db"
+
+# Each migration runs once, in order, and is recorded in schema_migrations.
+MIGRATIONS = (
+    """CREATE TABLE moves (
+        id TEXT PRIMARY KEY, kind TEXT NOT NULL, sku TEXT NOT NULL, location TEXT NOT NULL,
+        qty BIGINT NOT NULL, on_hand_delta BIGINT NOT NULL, committed_delta BIGINT NOT NULL,
+        reason TEXT NOT NULL, actor TEXT NOT NULL, reference TEXT, channel TEXT, hold_id TEXT,
+        at_ms BIGINT NOT NULL)""",
+    "CREATE INDEX moves_sku_location ON moves (sku, location)",
+    """CREATE TABLE hold_events (
+        id TEXT PRIMARY KEY, hold_id TEXT NOT NULL, event TEXT NOT NULL, channel TEXT NOT NULL,
+        state TEXT NOT NULL, expires_at_ms BIGINT NOT NULL, lines TEXT NOT NULL,
+        parts TEXT NOT NULL, at_ms BIGINT NOT NULL, customer TEXT, reference TEXT)""",
+    "CREATE INDEX hold_events_hold ON hold_events (hold_id)",
+    "CREATE TABLE catalog (version BIGINT PRIMARY KEY, doc TEXT NOT NULL, at_ms BIGINT NOT NULL)",
+    """CREATE TABLE sku_settings (
+        id TEXT PRIMARY KEY, sku TEXT NOT NULL, settings TEXT NOT NULL, at_ms BIGINT NOT NULL)""",
+    "CREATE INDEX sku_settings_sku ON sku_settings (sku, at_ms)",
+)
+
+_TABLES: tuple[tuple[str, type[msgspec.Struct]], ...] = (
+    ("moves", MoveRow),
+    ("hold_events", HoldEventRow),
+    ("catalog", CatalogRow),
+    ("sku_settings", SkuSettingsRow),
+)
+
+
+def _insert(table: str, row_type: type[msgspec.Struct], mark: str) -> str:
+    names = [field.name for field in msgspec.structs.fields(row_type)]
+    values = ", ".join([mark] * len(names))
+    return f"INSERT INTO {table} ({', '.join(names)}) VALUES ({values}) ON CONFLICT DO NOTHING"
+
+
+def _params(rows: Rows) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    batches: tuple[list[Any], ...] = (rows.moves, rows.hold_events, rows.catalog, rows.sku_settings)
+    return [
+        (table, [msgspec.structs.astuple(r) for r in batch])
+        for (table, _), batch in zip(_TABLES, batches, strict=True)
+        if batch
+    ]
+
+
+class Store:
+    """A ledger database; subclasses speak SQLite or PostgreSQL."""
+
+    url: str
+
+    @staticmethod
+    def from_url(url: str = DEFAULT_URL) -> Store:
+        """`sqlite:///relative/path.db`, `sqlite:////absolute.db` or `postgresql://...`."""
+        scheme = urlparse(url).scheme
+        if scheme == "sqlite":
+            return SqliteStore(url)
+        if scheme in ("postgres", "postgresql"):
+            return PostgresStore(url)
+        raise ValueError(f"DATABASE_URL must start with sqlite:// or postgresql://, got {url!r}")
+
+    async def open(self) -> None:
+        """Connects and applies the migrations not applied yet."""
+        raise NotImplementedError
+
+    async def write(self, rows: Rows) -> int:
+        """Inserts the rows in one transaction; returns how many were new."""
+        raise NotImplementedError
+
+    async def count(self, table: str) -> int:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+class SqliteStore(Store):
+    """SQLite in WAL mode; calls run in a worker thread so the event loop never blocks."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path = Path(url.removeprefix("sqlite:///"))
+        self._db: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await asyncio.to_thread(self._connect)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # durable at each WAL checkpoint; see README
+        db.execute("PRAGMA busy_timeout=5000")
+        db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
+        done = {v for (v,) in db.execute("SELECT version FROM schema_migrations")}
+        for version, statement in enumerate(MIGRATIONS, start=1):
+            if version not in done:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute(statement)
+                db.execute("INSERT INTO schema_migrations VALUES (?)", (version,))
+                db.execute("COMMIT")
+        return db
+
+    async def write(self, rows: Rows) -> int:
+        async with self._lock:
+            return await asyncio.to_thread(self._write, _params(rows))
+
+    def _write(self, params: list[tuple[str, list[tuple[Any, ...]]]]) -> int:
+        db = self._require()
+        before = db.total_changes
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for table, values in params:
+                row_type = dict(_TABLES)[table]
+                db.executemany(_insert(table, row_type, "?"), values)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return db.total_changes - before
+
+    async def count(self, table: str) -> int:
+        async with self._lock:
+            cursor = await asyncio.to_thread(
+                self._require().execute, f"SELECT count(*) FROM {table}"
+            )
+            (n,) = cursor.fetchone()
+            return int(n)
+
+    def _require(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("the store is not open")
+        return self._db
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await asyncio.to_thread(self._db.close)
+            self._db = None
+
+
+class PostgresStore(Store):
+    """PostgreSQL through psycopg 3 (installed with `pip install 'stockguard[postgres]'`)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._db: Any = None
+
+    async def open(self) -> None:
+        try:
+            import psycopg
+        except ImportError as error:  # pragma: no cover - depends on the install
+            raise RuntimeError(
+                "PostgreSQL needs psycopg: pip install 'stockguard[postgres]'"
+            ) from error
+        self._db = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+        async with self._db.transaction():
+            # One migrator at a time, however many writers start together.
+            await self._db.execute("SELECT pg_advisory_xact_lock(7301962)")
+            await self._db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)"
+            )
+            cursor = await self._db.execute("SELECT version FROM schema_migrations")
+            done = {v for (v,) in await cursor.fetchall()}
+            for version, statement in enumerate(MIGRATIONS, start=1):
+                if version not in done:
+                    await self._db.execute(statement)
+                    await self._db.execute("INSERT INTO schema_migrations VALUES (%s)", (version,))
+
+    async def write(self, rows: Rows) -> int:
+        new = 0
+        async with self._db.transaction():
+            for table, values in _params(rows):
+                async with self._db.cursor() as cursor:
+                    await cursor.executemany(_insert(table, dict(_TABLES)[table], "%s"), values)
+                    new += max(cursor.rowcount, 0)
+        return new
+
+    async def count(self, table: str) -> int:
+        cursor = await self._db.execute(f"SELECT count(*) FROM {table}")
+        (n,) = await cursor.fetchone()
+        return int(n)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None

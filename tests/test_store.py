@@ -1,0 +1,108 @@
+"""The SQL ledger, one behavioural suite on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import psycopg
+import pytest
+from helpers import setup_shop
+
+from engine import Engine, keys
+from engine.ledger import MoveRow, Rows, rows
+from engine.store import Store
+
+POSTGRES = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+async def _postgres_schema() -> tuple[Any, str] | None:
+    """A fresh schema in the test database, or None when PostgreSQL is not reachable."""
+    try:
+        admin = await psycopg.AsyncConnection.connect(POSTGRES, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError:
+        if os.environ.get("STOCKGUARD_REQUIRE_POSTGRES"):
+            raise
+        return None
+    schema = f"sg_test_{uuid.uuid4().hex[:12]}"
+    await admin.execute(f"CREATE SCHEMA {schema}")
+    return admin, schema
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        store = Store.from_url(f"sqlite:///{tmp_path}/ledger.db")
+        await store.open()
+        yield store
+        await store.close()
+        return
+    found = await _postgres_schema()
+    if found is None:
+        pytest.skip("PostgreSQL is not reachable (CI requires it)")
+    admin, schema = found
+    sep = "&" if "?" in POSTGRES else "?"
+    store = Store.from_url(f"{POSTGRES}{sep}options={quote(f'-csearch_path={schema}')}")
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        await admin.close()
+
+
+def _move(n: int) -> MoveRow:
+    return MoveRow(f"op-{n}:1", "receive", "A", "wh1", n, n, 0, at_ms=1_000 + n, reason="asn")
+
+
+async def test_writing_the_same_rows_twice_adds_them_once(store: Store) -> None:
+    batch = Rows(moves=[_move(n) for n in range(1, 6)])
+    assert await store.write(batch) == 5
+    assert await store.write(batch) == 0
+    assert await store.write(Rows(moves=[_move(5), _move(6)])) == 1
+    assert await store.count("moves") == 6
+
+
+async def test_opening_again_keeps_the_schema_and_the_rows(store: Store) -> None:
+    await store.write(Rows(moves=[_move(1)]))
+    again = Store.from_url(store.url)
+    await again.open()
+    try:
+        assert await again.count("moves") == 1
+    finally:
+        await again.close()
+
+
+async def test_a_failing_write_leaves_nothing_behind(store: Store) -> None:
+    bad = MoveRow("op-x:1", "receive", "A", "wh1", 1, 1, 0, at_ms=1, reason=None)  # type: ignore[arg-type]
+    with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError)):
+        await store.write(Rows(moves=[_move(1), bad]))
+    assert await store.count("moves") == 0
+
+
+async def test_every_outbox_event_becomes_a_ledger_row(store: Store, client: Any) -> None:
+    engine = Engine(client)
+    await setup_shop(engine)
+    await engine.receive("A", "wh1", 5, reason="asn-1")
+    await engine.transfer("A", "wh1", "wh2", 2)
+    hold = await engine.hold("web", {"A": 2}, ttl_ms=60_000)
+    await engine.confirm(hold.id, reference="order-1")
+    await engine.ship("A", "wh1", 1, reference="order-1")
+    ledger = Rows()
+    for p in range(keys.PARTITIONS):
+        ledger.extend(rows(p, await client.xrange(keys.outbox(p))))
+    assert [m.kind for m in ledger.moves] == ["receive", "transfer", "transfer", "sale", "ship"]
+    assert [e.event for e in ledger.hold_events] == ["placed", "confirmed"]
+    assert {c.version for c in ledger.catalog} == {1, 2, 3, 4, 5, 6}
+    assert sorted(s.sku for s in ledger.sku_settings) == ["A", "B", "C"]
+    new = await store.write(ledger)
+    assert await store.write(ledger) == 0
+    counts = [await store.count(t) for t in ("moves", "hold_events", "catalog", "sku_settings")]
+    assert counts == [5, 2, 6, 3]
+    assert new == 5 + 2 + 6 + 3  # every partition copies the catalog; it counts once
