@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("demo", help="place, confirm, release and expire holds; print stock")
+    commands.add_parser(
+        "writer", help="persist the outbox to the SQL ledger ($DATABASE_URL) until stopped"
+    )
     sweeper = commands.add_parser("sweeper", help="settle expired holds until stopped")
     sweeper.add_argument("--interval-ms", type=int, default=500)
     bench = commands.add_parser("bench", help="benchmarks that print ratios from one run")
@@ -76,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .demo import demo
 
         asyncio.run(demo(settings))
+    elif args.command == "writer":
+        asyncio.run(_writer(settings))
     elif args.command == "sweeper":
         asyncio.run(_sweeper(settings, args.interval_ms))
     elif args.command == "bench":
@@ -86,11 +91,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-async def _sweeper(settings: Settings, interval_ms: int) -> None:
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM, so loops finish their batch and exit cleanly."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _writer(settings: Settings) -> None:
+    from .store import Store
+    from .writer import Writer
+
+    stop = _stop_on_signals()
+    store = Store.from_url(settings.ledger_url)
+    await store.open()
+    try:
+        async with open_engine(settings) as engine:
+            print(f"writer: outbox -> {settings.ledger_url}", flush=True)
+            await Writer(engine.client, store).run(stop)
+    finally:
+        await store.close()
+
+
+async def _sweeper(settings: Settings, interval_ms: int) -> None:
+    stop = _stop_on_signals()
     async with open_engine(settings) as engine:
         print(f"sweeper: settling expired holds every {interval_ms} ms", flush=True)
         while not stop.is_set():

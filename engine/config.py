@@ -15,11 +15,17 @@ class Settings:
     """Where the live state lives and how long the engine remembers things."""
 
     redis_url: str | None = None  # None: start the embedded Valkey in data_dir
+    database_url: str | None = None  # None: SQLite at data_dir/ledger.db
     data_dir: Path = Path("stockguard-data")
     appendfsync: str = "everysec"  # or "always": see README "Durability"
     idempotency_ttl_ms: int = DAY_MS  # how long an operation id replays its first outcome
     finished_retention_ms: int = DAY_MS  # how long finished holds stay readable
     max_batch: int = 32  # most operations coalesced into one script call
+
+    @property
+    def ledger_url(self) -> str:
+        """DATABASE_URL, or the SQLite ledger next to the embedded server's data."""
+        return self.database_url or f"sqlite:///{self.data_dir}/ledger.db"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -27,6 +33,7 @@ class Settings:
         defaults = cls()
         return cls(
             redis_url=environ.get("REDIS_URL") or None,
+            database_url=environ.get("DATABASE_URL") or None,
             data_dir=Path(environ.get("STOCKGUARD_DATA_DIR", str(defaults.data_dir))),
             appendfsync=environ.get("STOCKGUARD_APPENDFSYNC", defaults.appendfsync),
             idempotency_ttl_ms=int(

@@ -81,6 +81,11 @@ def stock(partition: int) -> str:
     return f"{tag(partition)}:stock"
 
 
+def dead_letters(partition: int) -> str:
+    """Outbox entries the writer could not persist, with the error (never read by scripts)."""
+    return f"{tag(partition)}:dead"
+
+
 def holds(partition: int) -> str:
     return f"{tag(partition)}:holds"
 

@@ -7,12 +7,13 @@
 --         SHORTFALL is {8, hold id, sku, missing, ...}
 expire_due(-1)
 
+-- Move ids name the hold, SKU and location: unique across the parts of a multi-part hold.
 local function commit(rec, actor)
-  for n, l in ipairs(rec.lines) do
+  for _, l in ipairs(rec.lines) do
     add(l[1], l[2], 'committed', l[3])
-    move({ id = rec.id .. ':sale:' .. n, kind = 'sale', sku = l[1], location = l[2], qty = l[3],
-           on_hand_delta = 0, committed_delta = l[3], channel = rec.ch, reference = rec.ref,
-           actor = actor, hold_id = rec.id })
+    move({ id = rec.id .. ':sale:' .. l[1] .. '@' .. l[2], kind = 'sale', sku = l[1],
+           location = l[2], qty = l[3], on_hand_delta = 0, committed_delta = l[3],
+           channel = rec.ch, reference = rec.ref, actor = actor, hold_id = rec.id })
   end
   return { OK, finish(rec, 'confirmed') }
 end

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from helpers import setup_shop
@@ -18,7 +22,7 @@ STOCKGUARD = [sys.executable, "-m", "engine.cli"]
 
 def test_help_lists_every_command() -> None:
     out = subprocess.run([*STOCKGUARD, "--help"], capture_output=True, text=True, check=True)
-    for command in ("demo", "sweeper", "bench", "valkey", "cluster"):
+    for command in ("demo", "writer", "sweeper", "bench", "valkey", "cluster"):
         assert command in out.stdout
 
 
@@ -64,3 +68,41 @@ async def test_sweeper_settles_expired_holds_and_stops_on_sigterm(
         stdout, _ = await proc.communicate()
     assert proc.returncode == 0
     assert "settled 1 expired holds" in stdout.decode()
+
+
+async def test_writer_persists_the_outbox_and_stops_on_sigterm(
+    client: Any, redis_url: str, tmp_path: Path
+) -> None:
+    engine = Engine(client)
+    await setup_shop(engine)
+    ledger = tmp_path / "ledger.db"
+    proc = await asyncio.create_subprocess_exec(
+        *STOCKGUARD,
+        "--redis-url",
+        redis_url,
+        "writer",
+        env={**os.environ, "DATABASE_URL": f"sqlite:///{ledger}"},
+        stdout=subprocess.PIPE,
+    )
+    try:
+        for sku in ("A", "B", "C"):
+            await engine.receive(sku, "wh1", 3)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if ledger.exists() and _moves(ledger) == 3:
+                break
+            await asyncio.sleep(0.05)
+        assert _moves(ledger) == 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await proc.communicate()
+    assert proc.returncode == 0
+
+
+def _moves(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        try:
+            (n,) = db.execute("SELECT count(*) FROM moves").fetchone()
+        except sqlite3.OperationalError:  # not migrated yet
+            return 0
+        return int(n)

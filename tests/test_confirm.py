@@ -84,7 +84,7 @@ async def test_late_confirm_fails_with_a_shortfall_naming_the_sku(shop: Engine) 
     assert (wh1.committed, wh1.held) == (0, 3)
 
 
-async def test_multi_part_confirm_commits_every_line(shop: Engine) -> None:
+async def test_multi_part_confirm_commits_every_line(shop: Engine, any_client: object) -> None:
     assert keys.partition_of("A") != keys.partition_of("C")
     for sku in ("A", "C"):
         await shop.receive(sku, "wh1", 5)
@@ -96,6 +96,8 @@ async def test_multi_part_confirm_commits_every_line(shop: Engine) -> None:
         wh1 = (await shop.stock(sku)).locations[1]
         assert (wh1.committed, wh1.held) == (qty, 0)
     assert await shop.confirm(hold.id, reference="order-7") == confirmed
+    sales = [e for e in await outbox_events(any_client) if e.get("kind") == "sale"]
+    assert len({m["id"] for m in sales}) == len(sales) == 2, "move ids must be unique"
 
 
 async def test_multi_part_late_confirm_shortfall_commits_nothing(shop: Engine) -> None:

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -17,44 +12,6 @@ from helpers import setup_shop
 from engine import Engine, keys
 from engine.ledger import MoveRow, Rows, rows
 from engine.store import Store
-
-POSTGRES = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-async def _postgres_schema() -> tuple[Any, str] | None:
-    """A fresh schema in the test database, or None when PostgreSQL is not reachable."""
-    try:
-        admin = await psycopg.AsyncConnection.connect(POSTGRES, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError:
-        if os.environ.get("STOCKGUARD_REQUIRE_POSTGRES"):
-            raise
-        return None
-    schema = f"sg_test_{uuid.uuid4().hex[:12]}"
-    await admin.execute(f"CREATE SCHEMA {schema}")
-    return admin, schema
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        store = Store.from_url(f"sqlite:///{tmp_path}/ledger.db")
-        await store.open()
-        yield store
-        await store.close()
-        return
-    found = await _postgres_schema()
-    if found is None:
-        pytest.skip("PostgreSQL is not reachable (CI requires it)")
-    admin, schema = found
-    sep = "&" if "?" in POSTGRES else "?"
-    store = Store.from_url(f"{POSTGRES}{sep}options={quote(f'-csearch_path={schema}')}")
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
-        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
-        await admin.close()
 
 
 def _move(n: int) -> MoveRow:

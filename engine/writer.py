@@ -1,0 +1,204 @@
+"""The background writer: every outbox entry into the SQL ledger, exactly once.
+
+Each pass reads every partition's outbox through a consumer group (entries
+idle too long at a dead consumer are claimed with XAUTOCLAIM), writes all the
+rows in one transaction, and only then acknowledges the entries. A crash
+before the acknowledgement means the entries are read again, and the store's
+inserts, idempotent on each row's id, add nothing twice. Several writers share
+the work through the group. An entry that cannot be written on its own goes
+to its partition's dead-letter stream, is acknowledged, and is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from typing import Any
+
+import msgspec
+from redis.exceptions import ResponseError
+
+from . import keys
+from .ledger import Rows, rows
+from .store import Store
+
+GROUP = "stockguard-writer"
+log = logging.getLogger("stockguard.writer")
+
+Entry = tuple[str, dict[str, str]]
+
+
+class Lag(msgspec.Struct, frozen=True):
+    """Outbox entries not yet acknowledged, and how old the oldest is by the server's clock."""
+
+    pending: int
+    oldest_age_ms: int
+
+
+def _ms(entry_id: str) -> int:
+    return int(entry_id.split("-", 1)[0])
+
+
+def _is_store_outage(error: BaseException) -> bool:
+    # Connection and availability errors are worth retrying; anything else about an entry
+    # (bad data, a constraint) will fail the same way every time.
+    name = type(error).__name__
+    return isinstance(error, OSError) or name in ("OperationalError", "InterfaceError")
+
+
+class Writer:
+    """Persists outbox entries to a Store; safe to run several at once."""
+
+    def __init__(
+        self,
+        client: Any,
+        store: Store,
+        *,
+        consumer: str | None = None,
+        batch: int = 1000,
+        claim_idle_ms: int = 30_000,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.batch = batch
+        self.claim_idle_ms = claim_idle_ms
+
+    async def setup(self) -> None:
+        """Creates the consumer group on every partition's outbox (from its first entry)."""
+        for p in range(keys.PARTITIONS):
+            try:
+                await self.client.xgroup_create(keys.outbox(p), GROUP, id="0", mkstream=True)
+            except ResponseError as error:
+                if "BUSYGROUP" not in str(error):
+                    raise
+
+    async def step(self) -> int:
+        """One pass over every partition; returns how many entries it persisted."""
+        taken = [(p, await self._take(p)) for p in range(keys.PARTITIONS)]
+        taken = [(p, entries) for p, entries in taken if entries]
+        if not taken:
+            return 0
+        ledger = Rows()
+        for p, entries in taken:
+            for entry_id, fields in entries:
+                try:
+                    ledger.extend(rows(p, [(entry_id, fields)]))
+                except (ValueError, KeyError, TypeError) as error:  # msgspec's errors too
+                    await self._dead_letter(p, entry_id, fields, error)
+        try:
+            await self.store.write(ledger)
+        except Exception as error:
+            if _is_store_outage(error):
+                raise
+            # Something in the batch cannot be written: find it, entry by entry.
+            return await self._one_by_one(taken)
+        for p, entries in taken:
+            await self.client.xack(keys.outbox(p), GROUP, *[entry_id for entry_id, _ in entries])
+        return sum(len(entries) for _, entries in taken)
+
+    async def _take(self, partition: int) -> list[Entry]:
+        stream = keys.outbox(partition)
+        _, claimed, *_ = await self.client.xautoclaim(
+            stream, GROUP, self.consumer, self.claim_idle_ms, start_id="0-0", count=self.batch
+        )
+        fresh = await self.client.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=self.batch)
+        entries: list[Entry] = [e for e in claimed if e[1] is not None]
+        for _, stream_entries in fresh or []:
+            entries.extend(stream_entries)
+        return entries
+
+    async def _one_by_one(self, taken: list[tuple[int, list[Entry]]]) -> int:
+        written = 0
+        for p, entries in taken:
+            for entry_id, fields in entries:
+                try:
+                    await self.store.write(rows(p, [(entry_id, fields)]))
+                    written += 1
+                except Exception as error:
+                    if _is_store_outage(error):
+                        raise
+                    await self._dead_letter(p, entry_id, fields, error)
+                await self.client.xack(keys.outbox(p), GROUP, entry_id)
+        return written
+
+    async def _dead_letter(
+        self, partition: int, entry_id: str, fields: dict[str, str], error: Exception
+    ) -> None:
+        reason = f"{type(error).__name__}: {error}"
+        await self.client.xadd(
+            keys.dead_letters(partition), {**fields, "entry_id": entry_id, "error": reason}
+        )
+        log.error("outbox entry %s of partition %d dead-lettered: %s", entry_id, partition, reason)
+
+    async def trim(self) -> int:
+        """Trims each outbox below what every consumer group has acknowledged."""
+        removed = 0
+        for p in range(keys.PARTITIONS):
+            stream = keys.outbox(p)
+            floor = await self._acknowledged_floor(stream)
+            if floor is not None:
+                removed += await self.client.xtrim(stream, minid=floor, approximate=False)
+        return removed
+
+    async def _acknowledged_floor(self, stream: str) -> str | None:
+        # The lowest id that some group still needs: its oldest pending entry, or the first
+        # entry after what it was last given. Entries below that floor are done for all.
+        floors = []
+        for group in await self.client.xinfo_groups(stream):
+            pending = await self.client.xpending(stream, group["name"])
+            if pending["pending"]:
+                floors.append(pending["min"])
+            else:
+                ms, seq = group["last-delivered-id"].split("-")
+                floors.append(f"{ms}-{int(seq) + 1}")
+        return min(floors, key=lambda i: tuple(map(int, i.split("-")))) if floors else None
+
+    async def lag(self) -> Lag:
+        """Entries not yet acknowledged by the writers, over all partitions."""
+        seconds, micros = await self.client.time()
+        now_ms = seconds * 1000 + micros // 1000
+        pending, oldest = 0, now_ms
+        for p in range(keys.PARTITIONS):
+            stream = keys.outbox(p)
+            summary = await self.client.xpending(stream, GROUP)
+            pending += summary["pending"]
+            if summary["pending"]:
+                oldest = min(oldest, _ms(summary["min"]))
+            group = next(g for g in await self.client.xinfo_groups(stream) if g["name"] == GROUP)
+            undelivered = await self.client.xrange(
+                stream, min=f"({group['last-delivered-id']}", count=1
+            )
+            if undelivered:
+                pending += group.get("lag") or 1
+                oldest = min(oldest, _ms(undelivered[0][0]))
+        return Lag(pending, now_ms - oldest)
+
+    async def run(self, stop: asyncio.Event, *, idle_ms: int = 100, trim_every: int = 50) -> None:
+        """Writes until `stop` is set, finishing the batch in hand; retries store outages."""
+        await self.setup()
+        backoff_s, passes = 0.1, 0
+        while not stop.is_set():
+            try:
+                written = await self.step()
+                backoff_s = 0.1
+            except Exception as error:
+                if not _is_store_outage(error):
+                    raise
+                log.warning("ledger store unavailable (%s); retrying in %.1fs", error, backoff_s)
+                await _sleep_unless(stop, backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+                continue
+            passes += 1
+            if passes % trim_every == 0:
+                await self.trim()
+            if not written:
+                await _sleep_unless(stop, idle_ms / 1000)
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
