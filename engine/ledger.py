@@ -36,6 +36,7 @@ class HoldEventRow(msgspec.Struct, frozen=True):
 
     id: str
     hold_id: str
+    part: int  # the partition this part of the hold lives in
     event: str
     channel: str
     state: str
@@ -88,11 +89,11 @@ def rows(partition: int, entries: list[tuple[str, dict[str, str]]]) -> Rows:
     for entry_id, fields in entries:
         at_ms = int(fields["at_ms"])
         for index, event in enumerate(_events.decode(fields["events"])):
-            _add(out, f"{partition}:{entry_id}/{index}", at_ms, event)
+            _add(out, partition, f"{partition}:{entry_id}/{index}", at_ms, event)
     return out
 
 
-def _add(out: Rows, event_id: str, at_ms: int, event: dict[str, Any]) -> None:
+def _add(out: Rows, partition: int, event_id: str, at_ms: int, event: dict[str, Any]) -> None:
     kind = event.pop("type")
     if kind == "move":
         event.setdefault("at_ms", at_ms)
@@ -104,6 +105,7 @@ def _add(out: Rows, event_id: str, at_ms: int, event: dict[str, Any]) -> None:
             HoldEventRow(
                 id=event_id,
                 hold_id=hold["id"],
+                part=partition,
                 event=event["event"],
                 channel=hold["ch"],
                 state=hold["st"],

@@ -28,10 +28,11 @@ MIGRATIONS = (
         at_ms BIGINT NOT NULL)""",
     "CREATE INDEX moves_sku_location ON moves (sku, location)",
     """CREATE TABLE hold_events (
-        id TEXT PRIMARY KEY, hold_id TEXT NOT NULL, event TEXT NOT NULL, channel TEXT NOT NULL,
+        id TEXT PRIMARY KEY, hold_id TEXT NOT NULL, part INTEGER NOT NULL, event TEXT NOT NULL,
+        channel TEXT NOT NULL,
         state TEXT NOT NULL, expires_at_ms BIGINT NOT NULL, lines TEXT NOT NULL,
         parts TEXT NOT NULL, at_ms BIGINT NOT NULL, customer TEXT, reference TEXT)""",
-    "CREATE INDEX hold_events_hold ON hold_events (hold_id)",
+    "CREATE INDEX hold_events_hold ON hold_events (hold_id, part)",
     "CREATE TABLE catalog (version BIGINT PRIMARY KEY, doc TEXT NOT NULL, at_ms BIGINT NOT NULL)",
     """CREATE TABLE sku_settings (
         id TEXT PRIMARY KEY, sku TEXT NOT NULL, settings TEXT NOT NULL, at_ms BIGINT NOT NULL)""",
