@@ -58,12 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     sweeper = commands.add_parser("sweeper", help="settle expired holds until stopped")
     sweeper.add_argument("--interval-ms", type=int, default=500)
     bench = commands.add_parser("bench", help="benchmarks that print ratios from one run")
-    bench.add_argument("target", choices=["engine"])
-    bench.add_argument("--seconds", type=float, default=5.0, help="per measured path")
+    bench.add_argument("target", choices=["engine", "writer"])
+    bench.add_argument("--seconds", type=float, default=5.0, help="engine: per measured path")
     bench.add_argument(
         "--postgres",
         default=os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"),
-        help="PostgreSQL for the row-lock baseline, run if reachable "
+        help="PostgreSQL for the SQL baselines, used if reachable "
         "(default: $DATABASE_URL, else postgresql://postgres@127.0.0.1:5432/test)",
     )
     commands.add_parser("valkey", help="run the embedded valkey-server in the foreground")
@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_sweeper(settings, args.interval_ms))
     elif args.command == "bench":
         postgres = args.postgres if args.postgres.startswith("postgres") else None
-        return asyncio.run(_bench(settings, args.seconds, postgres))
+        return asyncio.run(_bench(settings, args.target, args.seconds, postgres))
     else:
         _foreground(settings, cluster=args.command == "cluster")
     return 0
@@ -127,22 +127,16 @@ async def _sweeper(settings: Settings, interval_ms: int) -> None:
                 await asyncio.wait_for(stop.wait(), interval_ms / 1000)
 
 
-async def _bench(settings: Settings, seconds: float, postgres: str | None) -> int:
-    from .bench import bench_engine
-    from .engine import Engine
-
+async def _bench(settings: Settings, target: str, seconds: float, postgres: str | None) -> int:
+    """Runs a benchmark on a scratch database: a fresh embedded server, or an empty REDIS_URL."""
     if settings.redis_url is None:
-        # The benchmark flushes its database: never the user's data dir.
+        # The benchmarks flush their database: never the user's data dir.
         with (
             tempfile.TemporaryDirectory(prefix="stockguard-bench-") as tmp,
             EmbeddedValkey(tmp, appendfsync=settings.appendfsync) as server,
         ):
             print(f"bench: embedded valkey-server at {server.url} (AOF {settings.appendfsync})")
-            client = await connect(server.url)
-            try:
-                await bench_engine(Engine(client, settings), seconds, postgres_dsn=postgres)
-            finally:
-                await client.aclose()
+            await _bench_on(server.url, settings, target, seconds, postgres, Path(tmp))
         return 0
     client = await connect(settings.redis_url)
     try:
@@ -153,12 +147,30 @@ async def _bench(settings: Settings, seconds: float, postgres: str | None) -> in
                 file=sys.stderr,
             )
             return 2
-        print(f"bench: {settings.redis_url}")
-        await bench_engine(Engine(client, settings), seconds, postgres_dsn=postgres)
+    finally:
+        await client.aclose()
+    print(f"bench: {settings.redis_url}")
+    with tempfile.TemporaryDirectory(prefix="stockguard-bench-") as tmp:
+        await _bench_on(settings.redis_url, settings, target, seconds, postgres, Path(tmp))
+    return 0
+
+
+async def _bench_on(
+    url: str, settings: Settings, target: str, seconds: float, postgres: str | None, tmp: Path
+) -> None:
+    from .bench import bench_engine
+    from .bench_writer import bench_writer
+    from .engine import Engine
+
+    client = await connect(url)
+    try:
+        if target == "engine":
+            await bench_engine(Engine(client, settings), seconds, postgres_dsn=postgres)
+        else:
+            await bench_writer(client, sqlite_dir=tmp / "ledger", postgres_dsn=postgres)
         await client.flushdb()
     finally:
         await client.aclose()
-    return 0
 
 
 def _foreground(settings: Settings, *, cluster: bool) -> None:

@@ -66,6 +66,7 @@ class Writer:
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.batch = batch
         self.claim_idle_ms = claim_idle_ms
+        self._next_take: asyncio.Future[list[tuple[int, list[Entry]]]] | None = None
 
     async def setup(self) -> None:
         """Creates the consumer group on every partition's outbox (from its first entry)."""
@@ -77,18 +78,18 @@ class Writer:
                     raise
 
     async def step(self) -> int:
-        """One pass over every partition; returns how many entries it persisted."""
-        taken = [(p, await self._take(p)) for p in range(keys.PARTITIONS)]
-        taken = [(p, entries) for p, entries in taken if entries]
+        """One pass over every partition; returns how many entries it persisted.
+
+        While this pass's transaction runs, the next pass's entries are already being read.
+        """
+        next_take, self._next_take = self._next_take, None
+        taken = await (next_take or self._take())
         if not taken:
             return 0
+        self._next_take = asyncio.ensure_future(self._take())
         ledger = Rows()
         for p, entries in taken:
-            for entry_id, fields in entries:
-                try:
-                    ledger.extend(rows(p, [(entry_id, fields)]))
-                except (ValueError, KeyError, TypeError) as error:  # msgspec's errors too
-                    await self._dead_letter(p, entry_id, fields, error)
+            ledger.extend(await self._parse(p, entries))
         try:
             await self.store.write(ledger)
         except Exception as error:
@@ -96,20 +97,47 @@ class Writer:
                 raise
             # Something in the batch cannot be written: find it, entry by entry.
             return await self._one_by_one(taken)
-        for p, entries in taken:
-            await self.client.xack(keys.outbox(p), GROUP, *[entry_id for entry_id, _ in entries])
+        await self._ack(taken)
         return sum(len(entries) for _, entries in taken)
 
-    async def _take(self, partition: int) -> list[Entry]:
-        stream = keys.outbox(partition)
-        _, claimed, *_ = await self.client.xautoclaim(
-            stream, GROUP, self.consumer, self.claim_idle_ms, start_id="0-0", count=self.batch
-        )
-        fresh = await self.client.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=self.batch)
-        entries: list[Entry] = [e for e in claimed if e[1] is not None]
-        for _, stream_entries in fresh or []:
-            entries.extend(stream_entries)
-        return entries
+    async def _take(self) -> list[tuple[int, list[Entry]]]:
+        """Entries idle at a dead consumer, then new ones, from every partition in one trip."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for p in range(keys.PARTITIONS):
+                stream = keys.outbox(p)
+                pipe.xautoclaim(
+                    stream, GROUP, self.consumer, self.claim_idle_ms, "0-0", count=self.batch
+                )
+                pipe.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=self.batch)
+            replies = await pipe.execute()
+        taken = []
+        for p in range(keys.PARTITIONS):
+            (_, claimed, *_), fresh = replies[2 * p], replies[2 * p + 1]
+            entries: list[Entry] = [e for e in claimed if e[1] is not None]
+            for _, stream_entries in fresh or []:
+                entries.extend(stream_entries)
+            if entries:
+                taken.append((p, entries))
+        return taken
+
+    async def _parse(self, partition: int, entries: list[Entry]) -> Rows:
+        try:
+            return rows(partition, entries)
+        except (ValueError, KeyError, TypeError):  # msgspec's errors are ValueErrors
+            pass
+        parsed = Rows()
+        for entry_id, fields in entries:
+            try:
+                parsed.extend(rows(partition, [(entry_id, fields)]))
+            except (ValueError, KeyError, TypeError) as error:
+                await self._dead_letter(partition, entry_id, fields, error)
+        return parsed
+
+    async def _ack(self, taken: list[tuple[int, list[Entry]]]) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for p, entries in taken:
+                pipe.xack(keys.outbox(p), GROUP, *[entry_id for entry_id, _ in entries])
+            await pipe.execute()
 
     async def _one_by_one(self, taken: list[tuple[int, list[Entry]]]) -> int:
         written = 0
@@ -197,6 +225,8 @@ class Writer:
                 await self.trim()
             if not written:
                 await _sleep_unless(stop, idle_ms / 1000)
+        while self._next_take is not None:  # entries already read: persist them before leaving
+            await self.step()
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
