@@ -55,6 +55,15 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "writer", help="persist the outbox to the SQL ledger ($DATABASE_URL) until stopped"
     )
+    rebuild = commands.add_parser(
+        "rebuild", help="restore an empty Redis from the SQL ledger (stop traffic first)"
+    )
+    rebuild.add_argument("--force", action="store_true", help="even over a non-empty keyspace")
+    rebuild.add_argument("--sku", help="only set this SKU's on_hand and committed from the ledger")
+    reconcile = commands.add_parser(
+        "reconcile", help="compare Redis with the ledger per SKU and location; exit 1 on drift"
+    )
+    reconcile.add_argument("--json", action="store_true", help="print the drift as JSON")
     sweeper = commands.add_parser("sweeper", help="settle expired holds until stopped")
     sweeper.add_argument("--interval-ms", type=int, default=500)
     bench = commands.add_parser("bench", help="benchmarks that print ratios from one run")
@@ -81,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(demo(settings))
     elif args.command == "writer":
         asyncio.run(_writer(settings))
+    elif args.command in ("rebuild", "reconcile"):
+        return asyncio.run(_recover(settings, args))
     elif args.command == "sweeper":
         asyncio.run(_sweeper(settings, args.interval_ms))
     elif args.command == "bench":
@@ -111,6 +122,38 @@ async def _writer(settings: Settings) -> None:
         async with open_engine(settings) as engine:
             print(f"writer: outbox -> {settings.ledger_url}", flush=True)
             await Writer(engine.client, store).run(stop)
+    finally:
+        await store.close()
+
+
+async def _recover(settings: Settings, args: argparse.Namespace) -> int:
+    """`rebuild` and `reconcile`: Redis against the ledger."""
+    from .rebuild import KeyspaceNotEmptyError, rebuild
+    from .reconcile import format_table, reconcile, to_json
+    from .store import Store
+
+    store = Store.from_url(settings.ledger_url)
+    await store.open()
+    try:
+        async with open_engine(settings) as engine:
+            if args.command == "reconcile":
+                drifts = await reconcile(engine.client, store)
+                print(to_json(drifts).decode() if args.json else format_table(drifts))
+                return 1 if drifts else 0
+            try:
+                report = await rebuild(
+                    engine.client,
+                    store,
+                    force=args.force,
+                    sku=args.sku,
+                    retention_ms=settings.finished_retention_ms,
+                    idempotency_ttl_ms=settings.idempotency_ttl_ms,
+                )
+            except KeyspaceNotEmptyError as error:
+                print(f"rebuild: {error}", file=sys.stderr)
+                return 2
+            print(f"rebuild: {report}")
+            return 0
     finally:
         await store.close()
 

@@ -41,11 +41,13 @@ async def demo(settings: Settings) -> None:
         await engine.define_channel("pos", ["store"])
         for sku in SKUS:
             await engine.define_sku(sku, buffer=1)
-            # Fixed op ids: running the demo again replays these receipts instead of adding,
-            # and the counts put back what earlier runs shipped.
+            # A first run receives the stock; a later run counts it back to the same levels.
+            levels = {row.location: row.on_hand for row in (await engine.stock(sku)).locations}
             for location, qty in (("warehouse", 10), ("store", 3)):
-                await engine.receive(sku, location, qty, op_id=f"demo-{sku}-{location}")
-                await engine.count(sku, location, qty, reason="demo count")
+                if levels.get(location, 0) == 0:
+                    await engine.receive(sku, location, qty, reason="demo delivery")
+                else:
+                    await engine.count(sku, location, qty, reason="demo count")
         await _table(engine, "Stock received (buffer 1 per SKU; amazon capped at 5 units):")
 
         basket = await engine.hold(

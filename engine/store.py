@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import msgspec
@@ -62,6 +63,36 @@ def _params(rows: Rows) -> list[tuple[str, list[tuple[Any, ...]]]]:
     ]
 
 
+# Reads for rebuild and reconcile. `?` marks a parameter; PostgresStore turns it into %s.
+_HOLD_COLUMNS = ", ".join(field.name for field in msgspec.structs.fields(HoldEventRow))
+_RANKED_HOLD_EVENTS = f"""WITH ranked AS (
+        SELECT {_HOLD_COLUMNS},
+            RANK() OVER (PARTITION BY hold_id, part ORDER BY at_ms DESC) AS r FROM hold_events),
+    kept AS (SELECT DISTINCT hold_id FROM ranked WHERE r = 1 AND (state = 'held' OR at_ms >= ?))
+    SELECT {_HOLD_COLUMNS} FROM ranked WHERE hold_id IN (SELECT hold_id FROM kept) AND """
+
+
+def _outbox_position(row_id: str) -> tuple[int, int, int]:
+    """Orders rows of one partition's outbox: ids are `<partition>:<ms>-<seq>/<index>`."""
+    entry, index = row_id.split(":", 1)[1].rsplit("/", 1)
+    ms, seq = entry.split("-")
+    return int(ms), int(seq), int(index)
+
+
+_Row = TypeVar("_Row", HoldEventRow, SkuSettingsRow)
+
+
+def _latest(rows: list[_Row], key: Callable[[_Row], Any]) -> list[_Row]:
+    """One row per key: the newest by at_ms, then by outbox position (ties in one ms)."""
+    latest: dict[Any, _Row] = {}
+    for row in rows:
+        seen = latest.get(key(row))
+        order = (row.at_ms, _outbox_position(row.id))
+        if seen is None or order > (seen.at_ms, _outbox_position(seen.id)):
+            latest[key(row)] = row
+    return list(latest.values())
+
+
 class Store:
     """A ledger database; subclasses speak SQLite or PostgreSQL."""
 
@@ -90,6 +121,66 @@ class Store:
 
     async def close(self) -> None:
         raise NotImplementedError
+
+    async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Every row of one read; `?` marks each parameter."""
+        raise NotImplementedError
+
+    async def stock_totals(self, sku: str | None = None) -> list[tuple[str, str, int, int]]:
+        """(sku, location, on_hand, committed) summed over every move, of one SKU or all."""
+        where, params = ("WHERE sku = ?", (sku,)) if sku is not None else ("", ())
+        found = await self._fetch(
+            "SELECT sku, location, SUM(on_hand_delta), SUM(committed_delta) FROM moves "
+            f"{where} GROUP BY sku, location ORDER BY sku, location",
+            params,
+        )
+        return [
+            (sku_, location, int(on_hand), int(committed))
+            for sku_, location, on_hand, committed in found
+        ]
+
+    async def moves_since(self, at_ms: int) -> list[tuple[str, str, str, int]]:
+        """(id, kind, sku, at_ms) of the moves recorded at or after at_ms."""
+        found = await self._fetch(
+            "SELECT id, kind, sku, at_ms FROM moves WHERE at_ms >= ?", (at_ms,)
+        )
+        return [(id_, kind, sku, int(at)) for id_, kind, sku, at in found]
+
+    async def latest_catalog(self) -> CatalogRow | None:
+        """The catalog of the highest version, if any was recorded."""
+        found = await self._fetch(
+            "SELECT version, doc, at_ms FROM catalog ORDER BY version DESC LIMIT 1"
+        )
+        return CatalogRow(*found[0]) if found else None
+
+    async def latest_sku_settings(self) -> list[SkuSettingsRow]:
+        """Each SKU's settings as last recorded (by at_ms, then outbox position)."""
+        found = await self._fetch(
+            "SELECT id, sku, settings, at_ms FROM (SELECT id, sku, settings, at_ms, "
+            "RANK() OVER (PARTITION BY sku ORDER BY at_ms DESC) AS r FROM sku_settings) s "
+            "WHERE r = 1"
+        )
+        return _latest([SkuSettingsRow(*row) for row in found], lambda row: row.sku)
+
+    async def latest_hold_events(self, since_ms: int = 0) -> list[HoldEventRow]:
+        """The last event of each part of every hold with a part held or finished since since_ms.
+
+        The last event (by at_ms, then outbox position) carries the part's record as it stood.
+        """
+        found = await self._fetch(_RANKED_HOLD_EVENTS + "r = 1", (since_ms,))
+        latest = _latest([HoldEventRow(*row) for row in found], lambda row: (row.hold_id, row.part))
+        # SQL ranks by at_ms only, so events tied in one ms let a few holds too many through.
+        kept = {row.hold_id for row in latest if row.state == "held" or row.at_ms >= since_ms}
+        return [row for row in latest if row.hold_id in kept]
+
+    async def placed_hold_events(self, since_ms: int = 0) -> list[HoldEventRow]:
+        """The 'placed' event of each part of (at least) the holds latest_hold_events returns.
+
+        Only the latest per part: a hold id may be used again once its record is forgotten.
+        """
+        found = await self._fetch(_RANKED_HOLD_EVENTS + "event = 'placed'", (since_ms,))
+        rows = [HoldEventRow(*row) for row in found]
+        return _latest(rows, lambda row: (row.hold_id, row.part))
 
 
 class SqliteStore(Store):
@@ -146,6 +237,13 @@ class SqliteStore(Store):
             (n,) = cursor.fetchone()
             return int(n)
 
+    async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        async with self._lock:
+            return await asyncio.to_thread(self._fetchall, sql, params)
+
+    def _fetchall(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        return list(self._require().execute(sql, params).fetchall())
+
     def _require(self) -> sqlite3.Connection:
         if self._db is None:
             raise RuntimeError("the store is not open")
@@ -198,6 +296,10 @@ class PostgresStore(Store):
         cursor = await self._db.execute(f"SELECT count(*) FROM {table}")
         (n,) = await cursor.fetchone()
         return int(n)
+
+    async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        cursor = await self._db.execute(sql.replace("?", "%s"), params)
+        return list(await cursor.fetchall())
 
     async def close(self) -> None:
         if self._db is not None:
