@@ -283,22 +283,36 @@ class PostgresStore(Store):
                     await self._db.execute(statement)
                     await self._db.execute("INSERT INTO schema_migrations VALUES (%s)", (version,))
 
+    async def _connection(self) -> Any:
+        # After an outage the old connection is closed or broken: connect again, lazily,
+        # so the writer's retry is all it takes to recover.
+        if self._db is None or self._db.closed or self._db.broken:
+            import psycopg
+
+            if self._db is not None:
+                await self._db.close()
+            self._db = await psycopg.AsyncConnection.connect(
+                self.url, autocommit=True, connect_timeout=5
+            )
+        return self._db
+
     async def write(self, rows: Rows) -> int:
         new = 0
-        async with self._db.transaction():
+        db = await self._connection()
+        async with db.transaction():
             for table, values in _params(rows):
-                async with self._db.cursor() as cursor:
+                async with db.cursor() as cursor:
                     await cursor.executemany(_insert(table, dict(_TABLES)[table], "%s"), values)
                     new += max(cursor.rowcount, 0)
         return new
 
     async def count(self, table: str) -> int:
-        cursor = await self._db.execute(f"SELECT count(*) FROM {table}")
+        cursor = await (await self._connection()).execute(f"SELECT count(*) FROM {table}")
         (n,) = await cursor.fetchone()
         return int(n)
 
     async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        cursor = await self._db.execute(sql.replace("?", "%s"), params)
+        cursor = await (await self._connection()).execute(sql.replace("?", "%s"), params)
         return list(await cursor.fetchall())
 
     async def close(self) -> None:

@@ -67,6 +67,7 @@ class Writer:
         self.batch = batch
         self.claim_idle_ms = claim_idle_ms
         self._next_take: asyncio.Future[list[tuple[int, list[Entry]]]] | None = None
+        self._unwritten: list[tuple[int, list[Entry]]] | None = None
 
     async def setup(self) -> None:
         """Creates the consumer group on every partition's outbox (from its first entry)."""
@@ -82,11 +83,25 @@ class Writer:
 
         While this pass's transaction runs, the next pass's entries are already being read.
         """
-        next_take, self._next_take = self._next_take, None
-        taken = await (next_take or self._take())
+        if self._unwritten is not None:  # the batch an outage interrupted comes first
+            taken, self._unwritten = self._unwritten, None
+        else:
+            next_take, self._next_take = self._next_take, None
+            taken = await (next_take or self._take())
         if not taken:
             return 0
-        self._next_take = asyncio.ensure_future(self._take())
+        if self._next_take is None:
+            self._next_take = asyncio.ensure_future(self._take())
+        try:
+            return await self._persist(taken)
+        except Exception as error:
+            if _is_store_outage(error):
+                # These entries are pending at this consumer: XREADGROUP will not give them
+                # again, so keep them for the retry rather than wait for XAUTOCLAIM.
+                self._unwritten = taken
+            raise
+
+    async def _persist(self, taken: list[tuple[int, list[Entry]]]) -> int:
         ledger = Rows()
         for p, entries in taken:
             ledger.extend(await self._parse(p, entries))
@@ -225,8 +240,8 @@ class Writer:
                 await self.trim()
             if not written:
                 await _sleep_unless(stop, idle_ms / 1000)
-        while self._next_take is not None:  # entries already read: persist them before leaving
-            await self.step()
+        while self._next_take is not None or self._unwritten is not None:
+            await self.step()  # entries already read: persist them before leaving
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
