@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -121,7 +122,8 @@ async def _writer(settings: Settings) -> None:
     try:
         async with open_engine(settings) as engine:
             print(f"writer: outbox -> {settings.ledger_url}", flush=True)
-            await Writer(engine.client, store).run(stop)
+            logging.basicConfig(level=logging.INFO, format="writer: %(message)s")
+            await Writer(engine.client, store).run(stop, report_every_s=10)
     finally:
         await store.close()
 

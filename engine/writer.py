@@ -220,11 +220,27 @@ class Writer:
                 oldest = min(oldest, _ms(undelivered[0][0]))
         return Lag(pending, now_ms - oldest)
 
-    async def run(self, stop: asyncio.Event, *, idle_ms: int = 100, trim_every: int = 50) -> None:
-        """Writes until `stop` is set, finishing the batch in hand; retries store outages."""
+    async def run(
+        self,
+        stop: asyncio.Event,
+        *,
+        idle_ms: int = 100,
+        trim_every: int = 50,
+        report_every_s: float | None = None,
+    ) -> None:
+        """Writes until `stop` is set, finishing the batch in hand; retries store outages.
+
+        With report_every_s, logs its lag (pending entries, oldest age) that often.
+        """
         await self.setup()
         backoff_s, passes = 0.1, 0
+        loop = asyncio.get_running_loop()
+        next_report = loop.time() + (report_every_s or 0)
         while not stop.is_set():
+            if report_every_s and loop.time() >= next_report:
+                lag = await self.lag()
+                log.info("lag: %d pending, oldest %d ms", lag.pending, lag.oldest_age_ms)
+                next_report = loop.time() + report_every_s
             try:
                 written = await self.step()
                 backoff_s = 0.1
