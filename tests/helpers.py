@@ -38,3 +38,20 @@ async def claim_database(client: Any, url: str) -> None:
         pytest.exit(f"{url} is not empty and not owned by the tests; point REDIS_URL elsewhere")
     await client.flushdb()
     await client.set(OWNED, "1")
+
+
+async def moves_of(client: Any, *kinds: str) -> list[dict[str, Any]]:
+    """The moves in every outbox, of the given kinds (all kinds when none are given)."""
+    return [
+        e
+        for e in await outbox_events(client)
+        if e["type"] == "move" and (not kinds or e["kind"] in kinds)
+    ]
+
+
+async def sell(shop: Engine, sku: str = "A") -> Engine:
+    """5 on hand at wh1, 3 of them committed to order-1."""
+    await shop.receive(sku, "wh1", 5)
+    hold = await shop.hold("web", {sku: 3}, ttl_ms=60_000)
+    await shop.confirm(hold.id, reference="order-1")
+    return shop

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from helpers import outbox_events
+from helpers import moves_of, sell
 
 from engine import Engine
 from engine.errors import InsufficientCommittedError
@@ -14,17 +14,9 @@ from engine.models import LocationStock
 MINUTE_MS = 60_000
 
 
-async def moves(client: Any) -> list[dict[str, Any]]:
-    return [e for e in await outbox_events(client) if e["type"] == "move" and e["kind"] == "cancel"]
-
-
 @pytest.fixture
 async def sold(shop: Engine) -> Engine:
-    """A: 5 on hand at wh1, 3 of them committed to order-1."""
-    await shop.receive("A", "wh1", 5)
-    h = await shop.hold("web", {"A": 3}, ttl_ms=MINUTE_MS)
-    await shop.confirm(h.id, reference="order-1")
-    return shop
+    return await sell(shop)
 
 
 async def test_cancel_returns_committed_units_to_sale(sold: Engine) -> None:
@@ -44,7 +36,7 @@ async def test_cancel_returns_committed_units_to_sale(sold: Engine) -> None:
 async def test_cancel_appends_one_cancel_move(sold: Engine, any_client: Any) -> None:
     await sold.cancel("A", "wh1", 2, reference="order-1", actor="cs", reason="buyer", op_id="cxl-1")
     await sold.cancel("A", "wh1", 1, reference="order-1")
-    found = await moves(any_client)
+    found = await moves_of(any_client, "cancel")
     expected = {
         "id": "cxl-1:1",
         "sku": "A",
@@ -72,7 +64,7 @@ async def test_cancelling_more_than_committed_is_refused(sold: Engine, any_clien
         await sold.cancel("A", "store", 1)
     assert (error.value.location, error.value.committed) == ("store", 0)
     assert await sold.stock("A") == before
-    assert await moves(any_client) == []
+    assert await moves_of(any_client, "cancel") == []
 
 
 async def test_shipped_units_can_no_longer_be_cancelled(sold: Engine) -> None:

@@ -5,17 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from helpers import outbox_events
+from helpers import moves_of
 
 from engine import Engine, HoldState
 from engine.errors import CountBelowReservedError
 from engine.models import LocationStock
 
 MINUTE_MS = 60_000
-
-
-async def moves(client: Any) -> list[dict[str, Any]]:
-    return [e for e in await outbox_events(client) if e["type"] == "move" and e["kind"] == "count"]
 
 
 async def test_count_sets_on_hand_both_ways(shop: Engine) -> None:
@@ -55,7 +51,9 @@ async def test_count_keeps_live_holds_and_committed_units(shop: Engine, any_clie
         "actor": "ops",
         "reference": "",
     }
-    assert [{k: m.get(k) for k in expected} for m in await moves(any_client)] == [expected]
+    assert [{k: m.get(k) for k in expected} for m in await moves_of(any_client, "count")] == [
+        expected
+    ]
     await shop.release(live.id)
     assert (await shop.stock("A")).ats["web"] == 6
 
@@ -79,13 +77,13 @@ async def test_count_below_committed_plus_held_is_refused(shop: Engine, any_clie
     e = error.value
     assert (e.sku, e.location, e.counted, e.reserved) == ("A", "wh1", 4, 5)
     assert await shop.stock("A") == before
-    assert await moves(any_client) == []
+    assert await moves_of(any_client, "count") == []
 
 
 async def test_each_count_appends_a_move_with_a_unique_id(shop: Engine, any_client: Any) -> None:
     await shop.receive("A", "wh1", 3)
     await shop.count("A", "wh1", 5)
     await shop.count("A", "wh1", 5)
-    found = await moves(any_client)
+    found = await moves_of(any_client, "count")
     assert [(m["qty"], m["on_hand_delta"]) for m in found] == [(5, 2), (5, 0)]
     assert len({m["id"] for m in found}) == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from helpers import outbox_events
+from helpers import moves_of, sell
 
 from engine import Engine
 from engine.errors import InsufficientCommittedError
@@ -14,17 +14,9 @@ from engine.models import LocationStock
 MINUTE_MS = 60_000
 
 
-async def moves(client: Any) -> list[dict[str, Any]]:
-    return [e for e in await outbox_events(client) if e["type"] == "move" and e["kind"] == "ship"]
-
-
 @pytest.fixture
 async def sold(shop: Engine) -> Engine:
-    """A: 5 on hand at wh1, 3 of them committed to order-1."""
-    await shop.receive("A", "wh1", 5)
-    h = await shop.hold("web", {"A": 3}, ttl_ms=MINUTE_MS)
-    await shop.confirm(h.id, reference="order-1")
-    return shop
+    return await sell(shop)
 
 
 async def test_ship_lowers_on_hand_and_committed_together(sold: Engine) -> None:
@@ -43,7 +35,7 @@ async def test_ship_lowers_on_hand_and_committed_together(sold: Engine) -> None:
 async def test_ship_appends_one_ship_move(sold: Engine, any_client: Any) -> None:
     await sold.ship("A", "wh1", 2, reference="order-1", actor="dock", reason="ups", op_id="shp-1")
     await sold.ship("A", "wh1", 1, reference="order-1")
-    found = await moves(any_client)
+    found = await moves_of(any_client, "ship")
     expected = {
         "id": "shp-1:1",
         "sku": "A",
@@ -71,7 +63,7 @@ async def test_shipping_more_than_committed_is_refused(sold: Engine, any_client:
         await sold.ship("A", "wh2", 1)
     assert (error.value.location, error.value.committed) == ("wh2", 0)
     assert await sold.stock("A") == before
-    assert await moves(any_client) == []
+    assert await moves_of(any_client, "ship") == []
 
 
 async def test_held_units_cannot_be_shipped(shop: Engine) -> None:
