@@ -29,6 +29,7 @@ from .stock import StockOps, _check
 Lines = Mapping[str, int] | Iterable[tuple[str, int]]
 
 _record = msgspec.json.Decoder(Record)
+_STATES = {state.value: state for state in HoldState}
 CONFIRM_GRACE_MS = 30_000  # a multi-part confirm keeps every part alive this long
 
 
@@ -54,7 +55,7 @@ def _hold(records: list[Record]) -> Hold:
     return Hold(
         id=first.id,
         channel=first.ch,
-        state=HoldState(first.st),
+        state=_STATES[first.st],
         expires_at_ms=first.exp,
         lines=lines,
         customer=first.cust,
@@ -224,9 +225,15 @@ class Engine(StockOps):
 
 def _merge(lines: Lines) -> dict[str, int]:
     """Validated lines, one per SKU: repeated SKUs add up."""
+    if isinstance(lines, Mapping):  # the common case: SKUs are already distinct
+        for sku, qty in lines.items():
+            validate.name("sku", sku)
+            validate.qty("qty", qty)
+        if not 0 < len(lines) <= validate.MAX_LINES:
+            raise ValidationError("lines", f"must hold 1 to {validate.MAX_LINES} SKUs")
+        return dict(lines)
     try:
-        items = list(lines.items() if isinstance(lines, Mapping) else lines)
-        pairs = [(sku, qty) for sku, qty in items]
+        pairs = [(sku, qty) for sku, qty in lines]
     except (TypeError, ValueError):
         raise ValidationError("lines", "must map SKUs to quantities") from None
     wanted: dict[str, int] = {}
