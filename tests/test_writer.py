@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from helpers import setup_shop
 
 from engine import Engine, keys
@@ -122,3 +123,20 @@ async def test_trimming_keeps_what_any_group_still_needs(client: Any, store: Sto
     await writer.trim()
     assert await client.xlen(stream) == length - 2
     assert {g["name"] for g in await client.xinfo_groups(stream)} == {GROUP, "audit"}
+
+
+@pytest.mark.cluster
+async def test_the_writer_works_on_a_cluster(fresh_cluster_client: Any, tmp_path: Any) -> None:
+    client = fresh_cluster_client
+    store = Store.from_url(f"sqlite:///{tmp_path}/ledger.db")
+    await store.open()
+    try:
+        await moves_made(Engine(client))
+        writer = Writer(client, store)
+        await writer.setup()
+        await drain(writer)
+        assert await store.count("moves") == 7
+        assert (await writer.lag()).pending == 0
+        assert await writer.trim() > 0
+    finally:
+        await store.close()
