@@ -92,19 +92,20 @@ class Writer:
             return 0
         if self._next_take is None:
             self._next_take = asyncio.ensure_future(self._take())
+        ledger, kept = Rows(), []
+        for p, entries in taken:
+            if good := await self._parse(p, entries, ledger):
+                kept.append((p, good))
         try:
-            return await self._persist(taken)
+            return await self._persist(kept, ledger)
         except Exception as error:
             if _is_store_outage(error):
                 # These entries are pending at this consumer: XREADGROUP will not give them
                 # again, so keep them for the retry rather than wait for XAUTOCLAIM.
-                self._unwritten = taken
+                self._unwritten = kept
             raise
 
-    async def _persist(self, taken: list[tuple[int, list[Entry]]]) -> int:
-        ledger = Rows()
-        for p, entries in taken:
-            ledger.extend(await self._parse(p, entries))
+    async def _persist(self, taken: list[tuple[int, list[Entry]]], ledger: Rows) -> int:
         try:
             await self.store.write(ledger)
         except Exception as error:
@@ -135,18 +136,21 @@ class Writer:
                 taken.append((p, entries))
         return taken
 
-    async def _parse(self, partition: int, entries: list[Entry]) -> Rows:
+    async def _parse(self, partition: int, entries: list[Entry], into: Rows) -> list[Entry]:
+        """Adds the entries' rows to `into`; returns the entries kept (the others are dead)."""
         try:
-            return rows(partition, entries)
+            into.extend(rows(partition, entries))
+            return entries
         except (ValueError, KeyError, TypeError):  # msgspec's errors are ValueErrors
             pass
-        parsed = Rows()
+        kept = []
         for entry_id, fields in entries:
             try:
-                parsed.extend(rows(partition, [(entry_id, fields)]))
+                into.extend(rows(partition, [(entry_id, fields)]))
+                kept.append((entry_id, fields))
             except (ValueError, KeyError, TypeError) as error:
                 await self._dead_letter(partition, entry_id, fields, error)
-        return parsed
+        return kept
 
     async def _ack(self, taken: list[tuple[int, list[Entry]]]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
@@ -160,12 +164,13 @@ class Writer:
             for entry_id, fields in entries:
                 try:
                     await self.store.write(rows(p, [(entry_id, fields)]))
-                    written += 1
                 except Exception as error:
                     if _is_store_outage(error):
                         raise
                     await self._dead_letter(p, entry_id, fields, error)
+                    continue
                 await self.client.xack(keys.outbox(p), GROUP, entry_id)
+                written += 1
         return written
 
     async def _dead_letter(
@@ -175,6 +180,7 @@ class Writer:
         await self.client.xadd(
             keys.dead_letters(partition), {**fields, "entry_id": entry_id, "error": reason}
         )
+        await self.client.xack(keys.outbox(partition), GROUP, entry_id)
         log.error("outbox entry %s of partition %d dead-lettered: %s", entry_id, partition, reason)
 
     async def trim(self) -> int:
