@@ -92,10 +92,10 @@ class Engine(StockOps):
         for sku, qty in wanted.items():
             by_part.setdefault(keys.partition_of(sku), []).append((sku, qty))
         if hold_id is None:
-            hold_id = new_id(next(iter(by_part)))
+            home = next(iter(by_part))
+            hold_id = new_id(home)  # homed with its first SKU: one script call if it is alone
         else:
-            validate.op_id("hold_id", hold_id)
-        home = keys.partition_of(hold_id)
+            home = keys.partition_of(validate.op_id("hold_id", hold_id))
         if len(by_part) == 1 and home in by_part:
             parts, csv = [home], str(home)
         else:
