@@ -43,7 +43,7 @@ import msgspec
 from . import keys
 from .engine import Engine
 from .ledger import MoveRow, Rows, rows
-from .store import Store
+from .store import Store, insert_sql
 from .writer import GROUP, Writer
 
 CALLERS = 256
@@ -57,14 +57,6 @@ Out = Callable[[str], Any]
 Batches = list[list[MoveRow]]
 # A measured path: (client, empty open store, its file or schema, the writer's batches) -> s
 Measure = Callable[[Any, Store, str, Batches], Awaitable[float]]
-
-
-def insert_sql(mark: str) -> str:
-    """The store's INSERT for moves, rebuilt from the row type (so the ceiling runs the same
-    statement without reaching into the store)."""
-    names = [field.name for field in msgspec.structs.fields(MoveRow)]
-    values = ", ".join([mark] * len(names))
-    return f"INSERT INTO moves ({', '.join(names)}) VALUES ({values}) ON CONFLICT DO NOTHING"
 
 
 # -- the outbox ---------------------------------------------------------------------------
@@ -198,7 +190,7 @@ def _raw_sqlite(path: str, params: list[list[tuple[Any, ...]]]) -> float:
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
-        sql = insert_sql("?")
+        sql = insert_sql("moves", MoveRow, "?")
         start = time.perf_counter()
         for values in params:
             db.execute("BEGIN IMMEDIATE")
@@ -213,7 +205,7 @@ async def _raw_postgres(dsn: str, params: list[list[tuple[Any, ...]]]) -> float:
     import psycopg
 
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as db:
-        sql = insert_sql("%s")
+        sql = insert_sql("moves", MoveRow, "%s")
         start = time.perf_counter()
         for values in params:
             async with db.transaction(), db.cursor() as cursor:

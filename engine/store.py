@@ -48,17 +48,19 @@ _TABLES: tuple[tuple[str, type[msgspec.Struct]], ...] = (
 )
 
 
-def _insert(table: str, row_type: type[msgspec.Struct], mark: str) -> str:
+def insert_sql(table: str, row_type: type[msgspec.Struct], mark: str) -> str:
+    """The idempotent INSERT of one row type; `mark` is the driver's placeholder."""
     names = [field.name for field in msgspec.structs.fields(row_type)]
     values = ", ".join([mark] * len(names))
     return f"INSERT INTO {table} ({', '.join(names)}) VALUES ({values}) ON CONFLICT DO NOTHING"
 
 
-def _params(rows: Rows) -> list[tuple[str, list[tuple[Any, ...]]]]:
+def _statements(rows: Rows, mark: str) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """(INSERT, parameter tuples) for each table that has rows."""
     batches: tuple[list[Any], ...] = (rows.moves, rows.hold_events, rows.catalog, rows.sku_settings)
     return [
-        (table, [msgspec.structs.astuple(r) for r in batch])
-        for (table, _), batch in zip(_TABLES, batches, strict=True)
+        (insert_sql(table, row_type, mark), [msgspec.structs.astuple(r) for r in batch])
+        for (table, row_type), batch in zip(_TABLES, batches, strict=True)
         if batch
     ]
 
@@ -213,16 +215,15 @@ class SqliteStore(Store):
 
     async def write(self, rows: Rows) -> int:
         async with self._lock:
-            return await asyncio.to_thread(self._write, _params(rows))
+            return await asyncio.to_thread(self._write, _statements(rows, "?"))
 
-    def _write(self, params: list[tuple[str, list[tuple[Any, ...]]]]) -> int:
+    def _write(self, statements: list[tuple[str, list[tuple[Any, ...]]]]) -> int:
         db = self._require()
         before = db.total_changes
         db.execute("BEGIN IMMEDIATE")
         try:
-            for table, values in params:
-                row_type = dict(_TABLES)[table]
-                db.executemany(_insert(table, row_type, "?"), values)
+            for sql, values in statements:
+                db.executemany(sql, values)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -300,9 +301,9 @@ class PostgresStore(Store):
         new = 0
         db = await self._connection()
         async with db.transaction():
-            for table, values in _params(rows):
+            for sql, values in _statements(rows, "%s"):
                 async with db.cursor() as cursor:
-                    await cursor.executemany(_insert(table, dict(_TABLES)[table], "%s"), values)
+                    await cursor.executemany(sql, values)
                     new += max(cursor.rowcount, 0)
         return new
 

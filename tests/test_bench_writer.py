@@ -9,9 +9,7 @@ from typing import Any
 
 import psycopg
 
-from engine.bench_writer import bench_writer, insert_sql
-from engine.ledger import MoveRow
-from engine.store import _insert
+from engine.bench_writer import bench_writer
 
 POSTGRES = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")  # conftest's
 MOVES = 2_000
@@ -29,11 +27,6 @@ async def _postgres_reachable() -> bool:
         return False
     await conn.close()
     return True
-
-
-def test_the_ceiling_runs_the_stores_insert() -> None:
-    for mark in ("?", "%s"):
-        assert insert_sql(mark) == _insert("moves", MoveRow, mark)
 
 
 async def test_bench_writer_prints_rates_lag_and_ratios_last(client: Any, tmp_path: Path) -> None:
