@@ -1,1 +1,5 @@
-"""The HTTP layer (Starlette): thin over the engine. Arrives with the HTTP API issue."""
+"""stockguard's HTTP API: a thin Starlette layer over the engine."""
+
+from .app import create_app
+
+__all__ = ["create_app"]

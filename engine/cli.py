@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("valkey", help="run the embedded valkey-server in the foreground")
     commands.add_parser("cluster", help="run a local 3-master cluster in the foreground")
+    from api import cli as api_cli  # the composition root: the API's commands join here
+
+    api_cli.add_commands(commands)
     return parser
 
 
@@ -85,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `stockguard` console script."""
     args = _parser().parse_args(argv)
     settings = _settings(args)
+    if args.command in ("serve", "keys"):
+        from api import cli as api_cli
+
+        return api_cli.run(args, settings)
     if args.command == "demo":
         from .demo import demo
 

@@ -25,9 +25,11 @@ def _suffix_for_each_delta() -> list[bytes]:
 _SUFFIX = _suffix_for_each_delta()
 
 
-def new_id(partition: int | None = None) -> str:
-    """A random id; with a partition, one that keys.partition_of maps there."""
-    base = f"{random.getrandbits(64):016x}"  # unique enough; random reseeds after fork
+def new_id(partition: int | None = None, base: str | None = None) -> str:
+    """A random id (or `base`, if given); with a partition, one that keys.partition_of
+    maps there: `base` plus three characters."""
+    if base is None:
+        base = f"{random.getrandbits(64):016x}"  # unique enough; random reseeds after fork
     if partition is None:
         return base
     landed = zlib.crc32(b"000", zlib.crc32(base.encode())) % keys.PARTITIONS

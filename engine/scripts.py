@@ -53,3 +53,14 @@ class Scripts:
 
     def __getitem__(self, name: str) -> AsyncScript:
         return self._by_name[name]
+
+    async def load(self) -> None:
+        """Loads every script now (redis-py would also load one on its first NOSCRIPT)."""
+        for script in self._by_name.values():
+            await script.registered_client.script_load(script.script)
+
+    async def loaded(self) -> bool:
+        """Whether the server holds every script (a restart or SCRIPT FLUSH empties it)."""
+        client = next(iter(self._by_name.values())).registered_client
+        found = await client.script_exists(*(s.sha for s in self._by_name.values()))
+        return all(found.values()) if isinstance(found, dict) else all(found)

@@ -38,7 +38,23 @@ MIGRATIONS = (
     """CREATE TABLE sku_settings (
         id TEXT PRIMARY KEY, sku TEXT NOT NULL, settings TEXT NOT NULL, at_ms BIGINT NOT NULL)""",
     "CREATE INDEX sku_settings_sku ON sku_settings (sku, at_ms)",
+    """CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL, hash TEXT NOT NULL UNIQUE,
+        created_ms BIGINT NOT NULL, revoked_ms BIGINT)""",
+    "CREATE INDEX moves_at ON moves (at_ms, id)",
 )
+
+
+class ApiKeyRow(msgspec.Struct, frozen=True):
+    """An API key as stored: only the SHA-256 of the secret, never the secret."""
+
+    id: str
+    name: str
+    role: str
+    hash: str
+    created_ms: int
+    revoked_ms: int | None = None
+
 
 _TABLES: tuple[tuple[str, type[msgspec.Struct]], ...] = (
     ("moves", MoveRow),
@@ -127,6 +143,51 @@ class Store:
     async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Every row of one read; `?` marks each parameter."""
         raise NotImplementedError
+
+    async def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        """One write in its own transaction; returns the rows it changed."""
+        raise NotImplementedError
+
+    # -- API keys ----------------------------------------------------------------------------
+
+    async def add_key(self, key: ApiKeyRow) -> None:
+        await self._execute(insert_sql("api_keys", ApiKeyRow, "?"), msgspec.structs.astuple(key))
+
+    async def api_keys(self) -> list[ApiKeyRow]:
+        """Every key, revoked ones included, oldest first."""
+        names = ", ".join(ApiKeyRow.__struct_fields__)
+        rows = await self._fetch(f"SELECT {names} FROM api_keys ORDER BY created_ms, id")
+        return [ApiKeyRow(*row) for row in rows]
+
+    async def revoke_key(self, key_id: str, at_ms: int) -> bool:
+        """Revokes a live key; False if there is no such live key."""
+        sql = "UPDATE api_keys SET revoked_ms = ? WHERE id = ? AND revoked_ms IS NULL"
+        return await self._execute(sql, (at_ms, key_id)) > 0
+
+    # -- the moves list --------------------------------------------------------------------
+
+    async def moves_page(
+        self,
+        *,
+        after: tuple[int, str] | None = None,
+        limit: int = 100,
+        sku: str | None = None,
+        location: str | None = None,
+        kind: str | None = None,
+    ) -> list[MoveRow]:
+        """Moves in (at_ms, id) order, after a position, optionally of one SKU/location/kind."""
+        where: list[str] = ["1 = 1"]
+        params: list[Any] = []
+        for column, value in (("sku", sku), ("location", location), ("kind", kind)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if after is not None:
+            where.append("(at_ms > ? OR (at_ms = ? AND id > ?))")
+            params += [after[0], after[0], after[1]]
+        names = ", ".join(MoveRow.__struct_fields__)
+        sql = f"SELECT {names} FROM moves WHERE {' AND '.join(where)} ORDER BY at_ms, id LIMIT ?"
+        return [MoveRow(*row) for row in await self._fetch(sql, (*params, limit))]
 
     async def stock_totals(self, sku: str | None = None) -> list[tuple[str, str, int, int]]:
         """(sku, location, on_hand, committed) summed over every move, of one SKU or all."""
@@ -245,6 +306,11 @@ class SqliteStore(Store):
     def _fetchall(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         return list(self._require().execute(sql, params).fetchall())
 
+    async def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        async with self._lock:
+            cursor = await asyncio.to_thread(self._require().execute, sql, params)
+            return int(cursor.rowcount)
+
     def _require(self) -> sqlite3.Connection:
         if self._db is None:
             raise RuntimeError("the store is not open")
@@ -315,6 +381,10 @@ class PostgresStore(Store):
     async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         cursor = await (await self._connection()).execute(sql.replace("?", "%s"), params)
         return list(await cursor.fetchall())
+
+    async def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        cursor = await (await self._connection()).execute(sql.replace("?", "%s"), params)
+        return int(cursor.rowcount)
 
     async def close(self) -> None:
         if self._db is not None:

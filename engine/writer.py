@@ -265,6 +265,17 @@ class Writer:
         while self._next_take is not None or self._unwritten is not None:
             await self.step()  # entries already read: persist them before leaving
 
+    async def drain(self, timeout_s: float = 30.0) -> int:
+        """Persists every entry in the outbox now; for a shutdown after traffic has stopped."""
+        loop = asyncio.get_running_loop()
+        deadline, total = loop.time() + timeout_s, 0
+        while loop.time() < deadline:
+            written = await self.step()
+            total += written
+            if not written and self._next_take is None and self._unwritten is None:
+                break
+        return total
+
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):

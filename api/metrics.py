@@ -1,0 +1,111 @@
+"""Prometheus metrics: request latency, hold outcomes, writer lag and sweeper counts.
+
+Each app has its own registry. Under `serve --workers N` (N > 1) the workers share
+PROMETHEUS_MULTIPROC_DIR, and /metrics adds up every worker's samples. Writer lag
+and sweeper totals are read from Redis at scrape time, so any worker reports them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from engine import keys
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+SWEEPER_STATS = f"{keys.PREFIX}:stats:sweeper"  # hash: runs, settled
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class _Snapshot:
+    """Values read from Redis just before a scrape, offered as metrics."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        v = self.values
+        pending = GaugeMetricFamily(
+            "stockguard_writer_lag_entries", "Outbox entries not yet in the SQL ledger"
+        )
+        pending.add_metric([], v.get("pending", 0))
+        yield pending
+        age = GaugeMetricFamily(
+            "stockguard_writer_lag_seconds", "Age of the oldest outbox entry not yet persisted"
+        )
+        age.add_metric([], v.get("age_s", 0))
+        yield age
+        runs = CounterMetricFamily("stockguard_sweeper_runs", "Sweeper passes")
+        runs.add_metric([], v.get("runs", 0))
+        yield runs
+        settled = CounterMetricFamily(
+            "stockguard_sweeper_settled", "Expired holds the sweeper settled"
+        )
+        settled.add_metric([], v.get("settled", 0))
+        yield settled
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Histogram(
+            "stockguard_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route", "status"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.holds = Counter(
+            "stockguard_hold_outcomes",
+            "Hold calls by action (place, extend, confirm, release) and outcome",
+            ["action", "outcome"],
+            registry=self.registry,
+        )
+        self._snapshot = _Snapshot()
+
+    def hold(self, action: str, outcome: str) -> None:
+        self.holds.labels(action, outcome).inc()
+
+    def observe(self, method: str, route: str, status: int, started: float) -> None:
+        self.requests.labels(method, route, str(status)).observe(time.perf_counter() - started)
+
+    async def render(self, client: Any) -> bytes:
+        """The exposition text, with writer lag and sweeper totals read from Redis now."""
+        from engine.writer import Writer
+
+        stats = await client.hgetall(SWEEPER_STATS)
+        values = {"runs": float(stats.get("runs", 0)), "settled": float(stats.get("settled", 0))}
+        try:
+            lag = await Writer(client, None).lag()  # type: ignore[arg-type]
+            values.update(pending=lag.pending, age_s=lag.oldest_age_ms / 1000)
+        except (RuntimeError, redis.ResponseError):  # no writer has created its group yet
+            pass
+        self._snapshot.values = values
+        registry = self.registry
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        output: bytes = generate_latest(registry) + generate_latest(_single(self._snapshot))
+        return output
+
+
+def _single(collector: _Snapshot) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return registry
+
+
+async def record_sweep(client: Any, settled: int) -> None:
+    """Adds one sweeper pass to the totals /metrics reports."""
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.hincrby(SWEEPER_STATS, "runs", 1)
+        if settled:
+            pipe.hincrby(SWEEPER_STATS, "settled", settled)
+        await pipe.execute()
