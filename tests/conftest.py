@@ -10,14 +10,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 import psycopg
 import pytest
-from helpers import claim_database, setup_shop
+from helpers import Api, claim_database, setup_shop
 
 from engine import Engine, Settings, connect
 from engine.cluster import EmbeddedCluster
 from engine.embedded import EmbeddedValkey
 from engine.store import Store
+
+from api import create_app
+from api.auth import Role, create_key
 
 
 @pytest.fixture(scope="session")
@@ -124,3 +128,28 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         await store.close()
         await admin.execute(f"DROP SCHEMA {schema} CASCADE")
         await admin.close()
+
+
+@pytest.fixture
+async def api(client: Any, redis_url: str, tmp_path: Path) -> AsyncIterator[Api]:
+    """The HTTP app on a flushed database and a SQLite ledger, with one key per role."""
+    settings = Settings(redis_url=redis_url, database_url=f"sqlite:///{tmp_path}/ledger.db")
+    app = create_app(settings, access_log=False)
+    async with app.router.lifespan_context(app):
+        keys = {
+            role.value: (await create_key(app.state.store, role.value, role))[0] for role in Role
+        }
+        await app.state.keys.load()
+        transport = httpx.ASGITransport(app=app)
+        headers = {"Authorization": f"Bearer {keys['operator']}"}
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://stockguard.test", headers=headers
+        ) as http:
+            yield Api(app, http, keys)
+
+
+@pytest.fixture
+async def api_shop(api: Api) -> Api:
+    """The API over setup_shop's catalog: wh1, wh2, store; web, amazon, pos; SKUs A, B, C."""
+    await setup_shop(api.engine)
+    return api

@@ -55,3 +55,20 @@ async def sell(shop: Engine, sku: str = "A") -> Engine:
     hold = await shop.hold("web", {sku: 3}, ttl_ms=60_000)
     await shop.confirm(hold.id, reference="order-1")
     return shop
+
+
+class Api:
+    """The ASGI app with its lifespan running, an httpx client on it, and a key per role.
+
+    `http` sends the operator key; pass `headers=api.auth(role)` to call as another role.
+    """
+
+    def __init__(self, app: Any, http: Any, keys: dict[str, str]) -> None:
+        self.app, self.http, self.keys = app, http, keys
+
+    @property
+    def engine(self) -> Engine:
+        return self.app.state.engine  # type: ignore[no-any-return]
+
+    def auth(self, role: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[role]}"}
