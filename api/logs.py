@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-_STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 _encode = msgspec.json.Encoder().encode
 
 
