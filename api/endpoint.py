@@ -89,7 +89,7 @@ def _bearer(request: Request) -> str | None:
 
 async def _read_body(request: Request, limit: int) -> bytes:
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
+    if length is not None and length.isascii() and length.isdigit() and int(length) > limit:
         raise ApiError(413, "body-too-large", f"the body must be at most {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -110,13 +110,16 @@ def _decoder(spec: Spec) -> Callable[[bytes], Any]:
         empty = None
 
     def decoder(raw: bytes) -> Any:
-        if not raw.strip() and empty is not None:
-            return empty
+        if not raw.strip():
+            if empty is not None:
+                return empty
+            raise ApiError(400, "malformed-json", "the body is empty: send a JSON object")
         try:
             return decode(raw)
         except msgspec.ValidationError as error:
-            path = str(error).rpartition(" - at `")[2].rstrip("`") or None
-            raise ApiError(422, "validation", str(error), field=path) from None
+            _, at, path = str(error).rpartition(" - at `")
+            field = path.rstrip("`") if at else "$"  # no path: the error is about the whole body
+            raise ApiError(422, "validation", str(error), field=field) from None
         except msgspec.DecodeError as error:
             raise ApiError(400, "malformed-json", f"the body is not valid JSON: {error}") from None
 

@@ -45,6 +45,8 @@ def _responses(spec: Spec, schema: dict[str, Any] | None) -> dict[str, Any]:
     by_status: dict[int, list[str]] = {}
     for kind in sorted(kinds):
         by_status.setdefault(_STATUS_OF[kind], []).append(kind)
+    if spec.mutating:  # a malformed Idempotency-Key header (see idempotency.check_key)
+        by_status.setdefault(400, []).append("validation (Idempotency-Key)")
     for status, names in sorted(by_status.items()):
         responses[str(status)] = _problem("problem types: " + ", ".join(names))
     return responses

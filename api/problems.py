@@ -114,9 +114,15 @@ def unavailable(request: Request, error: Exception) -> Response:
 
 
 def internal(request: Request, error: Exception) -> Response:
-    """A bug: logged with its traceback by the server; the caller sees only the request id."""
+    """A bug: logged with its traceback by the server; the caller sees only the request id.
+
+    Starlette runs this handler outside every middleware, so it sets x-request-id itself.
+    """
     detail = "an unexpected error; the server log has it under this request_id"
-    return problem(request, 500, "internal", API_ERRORS["internal"], detail, {})
+    response = problem(request, 500, "internal", API_ERRORS["internal"], detail, {})
+    if request_id := request.scope.get("request_id"):
+        response.headers["x-request-id"] = request_id
+    return response
 
 
 def render(request: Request, error: errors.StockguardError | ApiError) -> Response:

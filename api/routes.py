@@ -9,10 +9,11 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
+from engine import validate
 from engine.errors import ValidationError
 from engine.ledger import MoveRow
 from engine.models import BufferOverride, Catalog, Hold, LocationStock, SkuSettings, StockLevel
@@ -105,11 +106,15 @@ def _cursor(move: MoveRow) -> str:
     return base64.urlsafe_b64encode(msgspec.json.encode([move.at_ms, move.id])).decode()
 
 
+# A cursor's time must fit the ledger's BIGINT column: a larger one is not ours.
+_Cursor = tuple[Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)], str]
+
+
 def _after(cursor: str | None) -> tuple[int, str] | None:
     if not cursor:
         return None
     try:
-        at_ms, move_id = msgspec.json.decode(base64.urlsafe_b64decode(cursor), type=tuple[int, str])
+        at_ms, move_id = msgspec.json.decode(base64.urlsafe_b64decode(cursor), type=_Cursor)
     except (ValueError, binascii.Error, msgspec.DecodeError):
         raise ValidationError("after", "is not a cursor this API returned") from None
     return at_ms, move_id
@@ -118,9 +123,12 @@ def _after(cursor: str | None) -> tuple[int, str] | None:
 async def list_moves(call: Call) -> s.MovePage:
     params = call.request.query_params
     limit_text = params.get("limit", "100")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 1000:
+    if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= 1000:
         raise ValidationError("limit", f"must be an integer from 1 to 1000, got {limit_text!r}")
     limit = int(limit_text)
+    for name in ("sku", "location"):  # as the document says: a name, or a 422
+        if name in params:
+            validate.name(name, params[name])
     moves = await call.request.app.state.store.moves_page(
         after=_after(params.get("after")),
         limit=limit + 1,
@@ -174,11 +182,14 @@ async def whoami(call: Call) -> s.Whoami:
 # -- the table ----------------------------------------------------------------------------
 
 _NAME = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._/+#-]{0,99}$"}
+# A path segment cannot carry '/' (not even as %2F: the router sees it decoded), so names
+# with one are not addressable in a path.
+_SEGMENT = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._+#-]{0,99}$"}
 _ID = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$"}
 HOLD_ID = Param("hold_id", "path", _ID, required=True)
-SKU = Param("sku", "path", _NAME, required=True)
-CHANNEL = Param("channel", "path", _NAME, required=True)
-LOCATION = Param("location", "path", _NAME, required=True)
+SKU = Param("sku", "path", _SEGMENT, required=True)
+CHANNEL = Param("channel", "path", _SEGMENT, required=True)
+LOCATION = Param("location", "path", _SEGMENT, required=True)
 HOLD_ERRORS = ("hold-not-found", "hold-not-active", "validation")
 MOVE_ERRORS = ("unknown-sku", "unknown-location", "idempotency-conflict", "validation")
 

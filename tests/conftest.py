@@ -15,13 +15,12 @@ import psycopg
 import pytest
 from helpers import Api, claim_database, setup_shop
 
+from api import create_app
+from api.auth import Role, create_key
 from engine import Engine, Settings, connect
 from engine.cluster import EmbeddedCluster
 from engine.embedded import EmbeddedValkey
 from engine.store import Store
-
-from api import create_app
-from api.auth import Role, create_key
 
 
 @pytest.fixture(scope="session")
