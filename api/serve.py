@@ -100,14 +100,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", help="a TOML file of these settings (default: $STOCKGUARD_CONFIG)"
     )
+    # SUPPRESS: a flag not given leaves no None behind that would hide `stockguard
+    # --data-dir D serve` (the main parser's --data-dir, --redis-url, --appendfsync).
     for f in fields(Options):
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{HELP[f.name]} [${_env_name(f.name)}; default {f.default}]"
+        common: dict[str, Any] = {"help": help_text, "default": argparse.SUPPRESS}
         if f.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
         else:
-            kind = int if f.type == "int" else str
-            parser.add_argument(flag, type=kind, help=help_text)
+            parser.add_argument(flag, type=int if f.type == "int" else str, **common)
 
 
 def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Options:
@@ -161,6 +163,7 @@ class _Server(uvicorn.Server):
 
 
 _STOP = (signal.SIGINT, signal.SIGTERM)
+_STOP_BACKGROUND = signal.SIGUSR1  # serve's own word to the background child
 
 
 def _background(options_json: bytes, parent: int) -> None:
@@ -182,7 +185,12 @@ async def _run_background(options: Options, parent: int) -> None:
 
     log = logging.getLogger("stockguard.serve")
     stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(_STOP_BACKGROUND, stop.set)
+    # A SIGTERM sent to the whole process group or cgroup (kill -- -PGID, systemd) reaches
+    # us too: ignore it while serve lives, or the writer would drain and leave before
+    # uvicorn has finished the requests in flight; serve stops us once they are done.
+    loop.add_signal_handler(signal.SIGTERM, _stop_if_orphaned, stop, parent)
     settings = options.settings()
     client = await connect(settings.redis_url or "")
     store = Store.from_url(settings.ledger_url)
@@ -212,6 +220,11 @@ async def _run_background(options: Options, parent: int) -> None:
     finally:
         await store.close()
         await client.aclose()
+
+
+def _stop_if_orphaned(stop: asyncio.Event, parent: int) -> None:
+    if os.getppid() != parent:
+        stop.set()
 
 
 async def _first_key(settings: Settings) -> str | None:
@@ -277,8 +290,9 @@ def serve(argv_options: Options) -> int:
         print(_banner(options, sock.getsockname()[1], note, key), flush=True)
         _run_http(options, sock)
     finally:
-        if background is not None:
-            background.terminate()  # SIGTERM: the writer drains the outbox, then exits
+        if background is not None and background.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(background.pid, _STOP_BACKGROUND)  # the writer drains, then exits
             background.join(60)
         if embedded is not None:
             embedded.stop()
