@@ -35,6 +35,8 @@ from .schemas import Health
 
 MAX_BODY_BYTES = 1 << 20
 log = logging.getLogger("stockguard.http")
+_NAME_PARAM = re.compile(r"\{(sku|location|channel)\}")
+_LITERAL = re.compile(r"/[a-z_]+(?=/|$)")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _encode = msgspec.json.Encoder().encode
 
@@ -127,9 +129,16 @@ def _routes(document: dict[str, Any]) -> list[BaseRoute]:
     by_path: dict[str, dict[str, Any]] = {}
     for spec in SPECS:
         by_path.setdefault(spec.path, {})[spec.method] = endpoint(spec)
+    # Names may hold '/', so their parameters match across segments ({sku:path}); the
+    # paths with more literal segments go first, so /v1/skus/A/override is A's override.
+    ordered = sorted(by_path, key=lambda path: -len(_LITERAL.findall(path)))
     routes: list[BaseRoute] = [
-        Route(path, _dispatch(handlers), methods=list(handlers))
-        for path, handlers in by_path.items()
+        Route(
+            _NAME_PARAM.sub(r"{\1:path}", path),
+            _dispatch(by_path[path]),
+            methods=list(by_path[path]),
+        )
+        for path in ordered
     ]
     return [
         *routes,

@@ -67,7 +67,7 @@ class Keys:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._by_hash: dict[str, Principal] = {}
-        self._loaded_at = 0.0
+        self._miss_reload_at = -_MISS_RELOAD_S
         self._lock = asyncio.Lock()
 
     async def load(self) -> int:
@@ -79,7 +79,6 @@ class Keys:
                 for row in rows
                 if row.revoked_ms is None
             }
-            self._loaded_at = time.monotonic()
             return len(self._by_hash)
 
     async def authenticate(self, key: str | None) -> Principal:
@@ -87,7 +86,10 @@ class Keys:
             raise ApiError(401, "unauthorized", "send the API key as 'Authorization: Bearer <key>'")
         digest = hash_key(key)
         principal = self._by_hash.get(digest)
-        if principal is None and time.monotonic() - self._loaded_at > _MISS_RELOAD_S:
+        if principal is None and time.monotonic() - self._miss_reload_at > _MISS_RELOAD_S:
+            # Unknown keys reload at most once a second, so forged keys cannot flood the
+            # database; a key created a moment ago works on its first call.
+            self._miss_reload_at = time.monotonic()
             await self.load()
             principal = self._by_hash.get(digest)
         if principal is None:

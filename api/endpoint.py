@@ -110,7 +110,7 @@ def _decoder(spec: Spec) -> Callable[[bytes], Any]:
         empty = None
 
     def decoder(raw: bytes) -> Any:
-        if not raw.strip():
+        if not raw:  # no body at all; whitespace alone is malformed JSON
             if empty is not None:
                 return empty
             raise ApiError(400, "malformed-json", "the body is empty: send a JSON object")
@@ -150,7 +150,10 @@ def endpoint(spec: Spec) -> Callable[[Request], Awaitable[Response]]:
             key = request.headers.get("idempotency-key") if spec.mutating else None
             if key is None:
                 return await run(call)
-            return await _idempotent(call, idempotency.check_key(key), raw, run)
+            # Keys are scoped to the API key that sends them, as Stripe scopes them to the
+            # account: two clients that pick the same key do not see each other's replies.
+            scoped = f"{principal.key_id}/{idempotency.check_key(key)}"
+            return await _idempotent(call, scoped, raw, run)
         except (StockguardError, ApiError) as error:
             return problems.render(request, error)
 

@@ -79,7 +79,12 @@ def _operation(spec: Spec, schemas: dict[Any, dict[str, Any]]) -> dict[str, Any]
     if spec.handler.__doc__:
         operation["description"] = spec.handler.__doc__
     if spec.body is not None:
-        operation["requestBody"] = {"required": True, **_content(schemas[spec.body])}
+        # A body whose fields are all optional may be left out: {} is assumed.
+        required = not all(
+            f.default is not msgspec.NODEFAULT or f.default_factory is not msgspec.NODEFAULT
+            for f in msgspec.structs.fields(spec.body)
+        )
+        operation["requestBody"] = {"required": required, **_content(schemas[spec.body])}
     return operation
 
 

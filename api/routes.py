@@ -182,14 +182,11 @@ async def whoami(call: Call) -> s.Whoami:
 # -- the table ----------------------------------------------------------------------------
 
 _NAME = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._/+#-]{0,99}$"}
-# A path segment cannot carry '/' (not even as %2F: the router sees it decoded), so names
-# with one are not addressable in a path.
-_SEGMENT = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._+#-]{0,99}$"}
 _ID = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$"}
 HOLD_ID = Param("hold_id", "path", _ID, required=True)
-SKU = Param("sku", "path", _SEGMENT, required=True)
-CHANNEL = Param("channel", "path", _SEGMENT, required=True)
-LOCATION = Param("location", "path", _SEGMENT, required=True)
+SKU = Param("sku", "path", _NAME, required=True)
+CHANNEL = Param("channel", "path", _NAME, required=True)
+LOCATION = Param("location", "path", _NAME, required=True)
 HOLD_ERRORS = ("hold-not-found", "hold-not-active", "validation")
 MOVE_ERRORS = ("unknown-sku", "unknown-location", "idempotency-conflict", "validation")
 

@@ -68,8 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     sweeper = commands.add_parser("sweeper", help="settle expired holds until stopped")
     sweeper.add_argument("--interval-ms", type=int, default=500)
     bench = commands.add_parser("bench", help="benchmarks that print ratios from one run")
-    bench.add_argument("target", choices=["engine", "writer"])
-    bench.add_argument("--seconds", type=float, default=5.0, help="engine: per measured path")
+    bench.add_argument("target", choices=["engine", "writer", "http"])
+    bench.add_argument(
+        "--seconds", type=float, help="engine, http: per measured path (default 5, http 10)"
+    )
+    bench.add_argument("--concurrency", type=int, default=64, help="http: connections")
+    bench.add_argument("--workers", type=int, default=1, help="http: uvicorn workers of serve")
     bench.add_argument(
         "--postgres",
         default=os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"),
@@ -103,8 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "sweeper":
         asyncio.run(_sweeper(settings, args.interval_ms))
     elif args.command == "bench":
+        if args.target == "http":
+            from api.bench_http import main as bench_http
+
+            return bench_http(args, settings)
         postgres = args.postgres if args.postgres.startswith("postgres") else None
-        return asyncio.run(_bench(settings, args.target, args.seconds, postgres))
+        seconds = 5.0 if args.seconds is None else args.seconds
+        return asyncio.run(_bench(settings, args.target, seconds, postgres))
     else:
         _foreground(settings, cluster=args.command == "cluster")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import zlib
 from typing import Any
@@ -25,11 +26,17 @@ def _suffix_for_each_delta() -> list[bytes]:
 _SUFFIX = _suffix_for_each_delta()
 
 
+# A generator of our own, seeded from the OS, so that nothing seeding the global `random`
+# (Hypothesis does, per example) can make ids repeat; reseeded in a forked child.
+_random = random.Random(os.urandom(16))
+os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(16)))
+
+
 def new_id(partition: int | None = None, base: str | None = None) -> str:
     """A random id (or `base`, if given); with a partition, one that keys.partition_of
     maps there: `base` plus three characters."""
     if base is None:
-        base = f"{random.getrandbits(64):016x}"  # unique enough; random reseeds after fork
+        base = f"{_random.getrandbits(64):016x}"
     if partition is None:
         return base
     landed = zlib.crc32(b"000", zlib.crc32(base.encode())) % keys.PARTITIONS

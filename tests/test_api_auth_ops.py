@@ -107,12 +107,6 @@ async def test_a_revoked_key_stops_working(api_shop: Api) -> None:
     assert other.json()["role"] == "operator"
 
 
-@pytest.mark.xfail(
-    reason="api/auth.py: a miss reloads the keys only if the last load of any kind was over "
-    "_MISS_RELOAD_S ago, and reload_forever loads every RELOAD_S, so a new key is refused "
-    "for up to a second instead of working at once as auth.py's docstring promises",
-    strict=True,
-)
 async def test_a_new_key_works_at_once(api: Api) -> None:
     keys = api.app.state.keys
     await keys.load()  # the periodic reload has just run

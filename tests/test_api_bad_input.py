@@ -312,7 +312,6 @@ CASES: dict[str, Bad] = {
     ),
     # Unknown routes and methods are problems too.
     "no-such-route": Bad("GET", "/v1/nothing", None, 404, "not-found"),
-    "sku-with-slash": Bad("PUT", "/v1/skus/A%2FB", {}, 404, "not-found"),
     "wrong-method": Bad("DELETE", "/v1/holds", None, 405, "method-not-allowed"),
 }
 # fmt: on

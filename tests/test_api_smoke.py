@@ -38,3 +38,31 @@ async def test_operations_surface(api: Api) -> None:
     spec = (await api.http.get("/openapi.json")).json()
     assert spec["openapi"] == "3.1.0" and "/v1/holds" in spec["paths"]
     assert "stockguard_http_request_duration_seconds" in (await api.http.get("/metrics")).text
+
+
+async def test_idempotency_keys_are_scoped_to_the_api_key(api_shop: Api) -> None:
+    await api_shop.http.post("/v1/stock/A/receive", json={"location": "wh1", "qty": 5})
+    body = {"channel": "web", "lines": [{"sku": "A", "qty": 1}]}
+    headers = {"Idempotency-Key": "cart-1"}
+    ids = set()
+    for role in ("checkout", "operator", "checkout"):
+        r = await api_shop.http.post(
+            "/v1/holds", json=body, headers={**headers, **api_shop.auth(role)}
+        )
+        assert r.status_code == 201, r.text
+        ids.add(r.json()["id"])
+    assert len(ids) == 2  # one hold per API key; the second checkout call was a replay
+    stock = await api_shop.engine.stock("A")
+    assert sum(row.held for row in stock.locations) == 2
+
+
+async def test_names_with_a_slash_are_addressable_in_paths(api_shop: Api) -> None:
+    http = api_shop.http
+    assert (await http.put("/v1/skus/TEE/RED/M", json={"buffer": 1})).status_code == 200
+    r = await http.post("/v1/stock/TEE%2FRED%2FM/receive", json={"location": "wh1", "qty": 4})
+    assert r.status_code == 200, r.text
+    r = await http.put("/v1/skus/TEE/RED/M/override", json={"start_ms": 0, "end_ms": 1, "qty": 0})
+    assert r.status_code == 200, r.text
+    stock = (await http.get("/v1/stock/TEE/RED/M")).json()
+    assert stock["sku"] == "TEE/RED/M" and stock["settings"]["buffer"] == 1
+    assert {row["location"]: row["on_hand"] for row in stock["locations"]}["wh1"] == 4
