@@ -69,12 +69,21 @@ class Metrics:
             registry=self.registry,
         )
         self._snapshot = _Snapshot()
+        self._holds: dict[tuple[str, str], Any] = {}
+        self._requests: dict[tuple[str, str, int], Any] = {}
 
     def hold(self, action: str, outcome: str) -> None:
-        self.holds.labels(action, outcome).inc()
+        child = self._holds.get((action, outcome))
+        if child is None:  # labels() costs more than the increment: keep each child
+            child = self._holds[action, outcome] = self.holds.labels(action, outcome)
+        child.inc()
 
     def observe(self, method: str, route: str, status: int, started: float) -> None:
-        self.requests.labels(method, route, str(status)).observe(time.perf_counter() - started)
+        child = self._requests.get((method, route, status))
+        if child is None:
+            child = self.requests.labels(method, route, str(status))
+            self._requests[method, route, status] = child
+        child.observe(time.perf_counter() - started)
 
     async def render(self, client: Any) -> bytes:
         """The exposition text, with writer lag and sweeper totals read from Redis now."""

@@ -94,7 +94,7 @@ class Batcher:
 
     async def call(self, commands: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
         """Runs (script, keys, argv) calls in one round trip; a list of their replies."""
-        if len(commands) == 1 or self._cluster:
+        if self._cluster:
             # redis-py refuses EVALSHA in cluster pipelines; there, calls go out concurrently.
             return list(await asyncio.gather(*(self._scripts[n](k, a) for n, k, a in commands)))
         replies = await self._pipeline(commands)

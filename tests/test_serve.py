@@ -64,7 +64,9 @@ async def _banner(out: Path, proc: subprocess.Popen[bytes], log: Path) -> tuple[
 
 
 @contextlib.asynccontextmanager
-async def serving(data_dir: Path, *, main_flag: bool = False) -> AsyncIterator[Server]:
+async def serving(
+    data_dir: Path, *, main_flag: bool = False, extra: tuple[str, ...] = ()
+) -> AsyncIterator[Server]:
     """A running `stockguard serve --port 0` over data_dir (given to the main command with
     main_flag: `stockguard --data-dir D serve`); killed with its group if left running."""
     runs = len(list(data_dir.parent.glob(f"{data_dir.name}-serve-*.out")))
@@ -73,7 +75,7 @@ async def serving(data_dir: Path, *, main_flag: bool = False) -> AsyncIterator[S
     main, given = (where, []) if main_flag else ([], where)
     with out.open("wb") as stdout, log.open("wb") as stderr:
         proc = subprocess.Popen(
-            [*STOCKGUARD, *main, "serve", "--port", "0", *given],
+            [*STOCKGUARD, *main, "serve", "--port", "0", *given, *extra],
             stdout=stdout,
             stderr=stderr,
             env=_env(),
@@ -277,3 +279,22 @@ async def test_a_group_sigterm_waits_for_requests_in_flight_before_the_drain(
         assert await asyncio.to_thread(server.proc.wait, 30) == 0
     sql = "SELECT qty FROM moves WHERE kind = 'receive' AND reference = 'in-flight'"
     assert ledger(data, sql) == [(7,)]
+
+
+async def test_two_workers_share_the_socket_and_report_metrics_together(tmp_path: Path) -> None:
+    async with serving(tmp_path / "data", extra=("--workers", "2")) as server:
+        assert server.key is not None
+        async with Client(server.url, server.key) as ops:
+            await define_shop(ops, {"A": 50})
+            holds = await asyncio.gather(
+                *(ops.hold("web", {"A": 1}, ttl_ms=60_000) for _ in range(40))
+            )
+            assert len({h.id for h in holds}) == 40
+            assert at(await ops.stock("A"), "wh1").held == 40
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            text = (await http.get("/metrics")).text
+        placed = re.search(
+            r'stockguard_hold_outcomes_total\{action="place",outcome="ok"\} (\S+)', text
+        )
+        assert placed is not None and float(placed[1]) == 40  # both workers' samples, summed
+        assert await server.stop() == 0
