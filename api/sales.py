@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import msgspec
 from msgspec import Meta
 
 from engine import validate
@@ -17,7 +16,7 @@ from engine.errors import ValidationError
 from engine.sales import Sale, SaleStats, Ticket
 
 from .endpoint import Call, Param, Spec
-from .routes import ANY, CHECKOUT, OPERATOR, _NAME
+from .routes import _NAME, ANY, CHECKOUT, OPERATOR
 from .schemas import Name, ShortText, TimeMs, Units, _In
 
 
@@ -88,5 +87,3 @@ SALE_SPECS: tuple[Spec, ...] = (
          Ticket, params=(SALE, TICKET, CUSTOMER),
          errors=("unknown-sale", "ticket-not-found", "validation"), name="poll_ticket"),
 )  # fmt: skip
-
-__all__ = ["SALE_SPECS", "JoinIn", "SaleIn", "msgspec"]

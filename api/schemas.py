@@ -131,7 +131,9 @@ class PolicyIn(_In):
 
 class ChannelIn(_In):
     locations: Annotated[list[Location], Meta(min_length=1, max_length=100)]
-    policy: PolicyIn = msgspec.field(default_factory=PolicyIn)  # the default for SKUs without a policy of their own
+    policy: PolicyIn = msgspec.field(
+        default_factory=PolicyIn
+    )  # the default for SKUs without a policy of their own
 
 
 class SkuIn(_In):

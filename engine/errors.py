@@ -135,7 +135,8 @@ class LimitExceededError(StockguardError):
     def __init__(self, sku: str, requested: int, limit: int, used: int) -> None:
         self.sku, self.requested, self.limit, self.used = sku, requested, limit, used
         super().__init__(
-            f"{sku}: the sale allows {limit} per customer; {used} held or bought, {requested} more asked"
+            f"{sku}: the sale allows {limit} per customer; "
+            f"{used} held or bought, {requested} more asked"
         )
 
 

@@ -267,9 +267,14 @@ end
 local function expire_due(limit)
   local due = redis.call('ZRANGEBYSCORE', K.expiry, '-inf', NOW, 'LIMIT', 0, limit)
   for _, id in ipairs(due) do
-    local rec = cjson.decode(redis.call('HGET', K.holds, id))
-    apply_held(rec, -1)
-    finish(rec, 'expired')
+    local raw = redis.call('HGET', K.holds, id)
+    if raw then
+      local rec = cjson.decode(raw)
+      apply_held(rec, -1)
+      finish(rec, 'expired')
+    else -- an entry without its record (written by hand): drop it, never stop the partition
+      expiry[id] = false
+    end
   end
   commit() -- now, so that no early return of the caller can lose these writes
   return #due
