@@ -65,6 +65,21 @@ def _parser() -> argparse.ArgumentParser:
         "reconcile", help="compare Redis with the ledger per SKU and location; exit 1 on drift"
     )
     reconcile.add_argument("--json", action="store_true", help="print the drift as JSON")
+    audit = commands.add_parser(
+        "audit", help="check every invariant over Redis and the ledger; exit 1 on a violation"
+    )
+    audit.add_argument(
+        "--wait-s",
+        type=float,
+        default=30.0,
+        help="how long to wait for the writer to persist the outbox first (default 30)",
+    )
+    audit.add_argument("--json", action="store_true", help="print the report as JSON")
+    audit.add_argument(
+        "--no-sweep",
+        action="store_true",
+        help="do not settle expired holds first (they then still count in held)",
+    )
     sweeper = commands.add_parser("sweeper", help="settle expired holds until stopped")
     sweeper.add_argument("--interval-ms", type=int, default=500)
     bench = commands.add_parser("bench", help="benchmarks that print ratios from one run")
@@ -104,6 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_writer(settings))
     elif args.command in ("rebuild", "reconcile"):
         return asyncio.run(_recover(settings, args))
+    elif args.command == "audit":
+        from .audit import run
+
+        return asyncio.run(
+            run(settings, wait_s=args.wait_s, as_json=args.json, sweep=not args.no_sweep)
+        )
     elif args.command == "sweeper":
         asyncio.run(_sweeper(settings, args.interval_ms))
     elif args.command == "bench":

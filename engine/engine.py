@@ -17,7 +17,7 @@ from .errors import (
     ValidationError,
     error_for,
 )
-from .ids import fingerprint, new_id
+from .ids import customer_key, fingerprint, new_id
 from .models import (
     Hold,
     HoldLine,
@@ -81,12 +81,24 @@ class Engine(StockOps):
         ttl_ms: int,
         customer: str | None = None,
         hold_id: str | None = None,
+        sale: tuple[str, int] | None = None,
     ) -> Hold:
-        """Hold every line for the channel until ttl_ms from now, or hold nothing."""
+        """Hold every line for the channel until ttl_ms from now, or hold nothing.
+
+        With sale=(name, limit), the hold counts toward the customer's limit of units per
+        SKU in that sale (held and confirmed), and is refused past it.
+        """
         validate.name("channel", channel)
         validate.integer("ttl_ms", ttl_ms, 1, validate.MAX_TTL_MS)
         if customer is not None:
             validate.text("customer", customer, 200)
+        extra: tuple[Any, ...] = ()
+        if sale is not None:
+            if not customer:
+                raise ValidationError("customer", "a flash-sale hold needs the customer")
+            validate.name("sale", sale[0])
+            validate.integer("limit", sale[1], 1, validate.MAX_QTY)
+            extra = (*sale, customer_key(customer))
         wanted = _merge(lines)
         by_part: dict[int, list[tuple[str, int]]] = {}
         for sku, qty in wanted.items():
@@ -101,10 +113,12 @@ class Engine(StockOps):
         else:
             parts = [home, *(p for p in by_part if p != home)]
             csv = ",".join(map(str, sorted(parts)))
-        fp = fingerprint(channel, customer, ttl_ms, sorted(wanted.items()))
+        fp = fingerprint(channel, customer, ttl_ms, sorted(wanted.items()), *extra)
         futures = [
             self._batcher.submit(
-                "hold", p, (hold_id, fp, channel, customer or "", ttl_ms, csv, by_part.get(p, []))
+                "hold",
+                p,
+                (hold_id, fp, channel, customer or "", ttl_ms, csv, by_part.get(p, []), *extra),
             )
             for p in parts
         ]

@@ -27,6 +27,13 @@ class Code(IntEnum):
     INSUFFICIENT_COMMITTED = 9
     COUNT_BELOW_RESERVED = 10
     MULTI_PART = 11
+    LIMIT_EXCEEDED = 12
+    UNKNOWN_SALE = 13
+    SALE_ENDED = 14
+    TICKET_NOT_FOUND = 15
+    ADMISSION_INVALID = 16
+    ADMISSION_USED = 17
+    ADMISSION_EXPIRED = 18
 
 
 class StockguardError(Exception):
@@ -122,6 +129,65 @@ class ShortfallError(StockguardError):
         super().__init__(f"hold {hold_id!r} expired and stock no longer allows it: {short}")
 
 
+class LimitExceededError(StockguardError):
+    """A flash-sale hold would take a customer past the sale's per-customer limit."""
+
+    def __init__(self, sku: str, requested: int, limit: int, used: int) -> None:
+        self.sku, self.requested, self.limit, self.used = sku, requested, limit, used
+        super().__init__(
+            f"{sku}: the sale allows {limit} per customer; "
+            f"{used} held or bought, {requested} more asked"
+        )
+
+
+class UnknownSaleError(StockguardError):
+    def __init__(self, sale: str = "") -> None:
+        self.sale = sale
+        super().__init__(f"no sale {sale!r}")
+
+
+class SaleEndedError(StockguardError):
+    def __init__(self, sale: str, end_ms: int) -> None:
+        self.sale, self.end_ms = sale, end_ms
+        super().__init__(f"sale {sale!r} has ended")
+
+
+class TicketNotFoundError(StockguardError):
+    def __init__(self, ticket: str) -> None:
+        self.ticket = ticket
+        super().__init__(f"no ticket {ticket!r} for this customer in this sale")
+
+
+class AdmissionRequiredError(StockguardError):
+    """A hold of a SKU in a running flash sale needs an admission token from its queue."""
+
+    def __init__(self, sale: str, sku: str) -> None:
+        self.sale, self.sku = sale, sku
+        super().__init__(
+            f"{sku} is in flash sale {sale!r}: join its queue and hold with the admission token"
+        )
+
+
+class AdmissionInvalidError(StockguardError):
+    """The admission token is forged, malformed, or for another sale or customer."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"invalid admission token: {reason}")
+
+
+class AdmissionUsedError(StockguardError):
+    def __init__(self, ticket: str) -> None:
+        self.ticket = ticket
+        super().__init__("this admission token was already used for a hold")
+
+
+class AdmissionExpiredError(StockguardError):
+    def __init__(self, ticket: str) -> None:
+        self.ticket = ticket
+        super().__init__("this admission token has expired: join the queue again")
+
+
 def _shortfall(hold_id: Any, *pairs: Any) -> ShortfallError:
     missing = {str(pairs[i]): int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
     return ShortfallError(str(hold_id), missing)
@@ -141,6 +207,15 @@ _ERRORS: dict[int, Any] = {
     Code.INSUFFICIENT_COMMITTED: lambda sku, loc, req, com: InsufficientCommittedError(
         sku, loc, int(req), int(com)
     ),
+    Code.LIMIT_EXCEEDED: lambda sku, req, limit, used: LimitExceededError(
+        sku, int(req), int(limit), int(used)
+    ),
+    Code.UNKNOWN_SALE: UnknownSaleError,
+    Code.SALE_ENDED: lambda sale, end_ms: SaleEndedError(sale, int(end_ms)),
+    Code.TICKET_NOT_FOUND: TicketNotFoundError,
+    Code.ADMISSION_INVALID: lambda ticket: AdmissionInvalidError("no such admission"),
+    Code.ADMISSION_USED: AdmissionUsedError,
+    Code.ADMISSION_EXPIRED: AdmissionExpiredError,
     Code.COUNT_BELOW_RESERVED: lambda sku, loc, counted, res: CountBelowReservedError(
         sku, loc, int(counted), int(res)
     ),

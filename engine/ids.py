@@ -52,3 +52,8 @@ def fingerprint(*parts: Any) -> str:
     if len(text) <= 64:
         return text
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def customer_key(customer: str) -> str:
+    """A short, fixed-size key for a customer id (which may hold any characters)."""
+    return hashlib.blake2b(customer.encode(), digest_size=8).hexdigest()

@@ -93,3 +93,15 @@ def holds(partition: int) -> str:
 def op(partition: int, op_id: str) -> str:
     """Idempotency record of one operation, in the partition it changes."""
     return f"{tag(partition)}:op:{op_id}"
+
+
+# A flash sale's admission queue lives in one slot of its own (lua/sale_lib.lua has the
+# layout); SALES maps every sale's name to its definition, for listing and lookups.
+SALE_KEYS = ("config", "queue", "tickets", "active", "state", "customers")
+SALES = f"{PREFIX}:sales"
+SECRET = f"{PREFIX}:secret"  # signs admission tokens; created once, shared by every process
+
+
+@cache
+def sale_keys(sale: str) -> tuple[str, ...]:
+    return tuple(f"{PREFIX}:{{sale:{sale}}}:{name}" for name in SALE_KEYS)

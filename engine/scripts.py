@@ -33,13 +33,20 @@ NAMES = (
     "stock",
     "ats",
     "sweep",
+    "sale_join",
+    "sale_poll",
+    "sale_use",
+    "sale_mark",
 )
 
 
 @cache
 def source(name: str) -> str:
-    """The full text of one script: the shared prelude, then the script itself."""
-    lib = (LUA_DIR / "lib.lua").read_text()
+    """The full text of one script: the shared prelude, then the script itself.
+
+    The sale_* scripts (one flash sale's admission queue) have a prelude of their own.
+    """
+    lib = (LUA_DIR / ("sale_lib.lua" if name.startswith("sale_") else "lib.lua")).read_text()
     return f"{lib}\n{(LUA_DIR / f'{name}.lua').read_text()}"
 
 

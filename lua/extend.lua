@@ -18,6 +18,7 @@ return each_op(function(op)
     local short = reallocate(rec)
     if short then return short end
     apply_held(rec, 1)
+    track_limit(rec, rec.st, 'held')
     rec.st = 'held'
     finished[id] = false
   end

@@ -1,7 +1,8 @@
 -- Place holds: each op holds its lines for one channel, all or nothing, until expires_at_ms.
 -- KEYS[1..7] partition keys
 -- ARGV[1] JSON array of ops: [hold id, fingerprint, channel, customer ('' = none), ttl_ms,
---         parts (csv of the partitions the hold spans), [[sku, qty > 0], ...] (distinct skus)]
+--         parts (csv of the partitions the hold spans), [[sku, qty > 0], ...] (distinct skus),
+--         and for a flash-sale hold: sale, per-customer limit, customer key]
 -- Returns per op: {0, hold record JSON} or {code, details...}
 expire_due(-1)
 
@@ -21,6 +22,10 @@ local function check(rec, wanted)
     local available
     available, w[3] = ats(w[1], st, rec.ch)
     if w[2] > available then return { INSUFFICIENT_STOCK, w[1], w[2], available } end
+    if rec.sale then
+      local used = limit_used(w[1], rec)
+      if used + w[2] > rec.lim then return { LIMIT_EXCEEDED, w[1], w[2], rec.lim, used } end
+    end
   end
   return nil
 end
@@ -29,6 +34,7 @@ return each_op(function(op)
   local rec = { id = op[1], fp = op[2], ch = op[3], exp = NOW + op[5], parts = op[6],
                 st = 'held', lines = {} }
   if op[4] ~= '' then rec.cust = op[4] end
+  if op[8] then rec.sale, rec.lim, rec.ck = op[8], op[9], op[10] end
   local raw = hold_record(rec.id)
   if raw then
     local first = cjson.decode(raw)
@@ -39,6 +45,7 @@ return each_op(function(op)
   if failure then return reject(rec, failure) end
   for _, w in ipairs(op[7]) do allocate(w[1], rec.ch, w[2], w[3], rec.lines) end
   apply_held(rec, 1)
+  track_limit(rec, 'placed', 'held')
   expiry[rec.id] = rec.exp
   return { OK, save(rec, 'placed') }
 end)

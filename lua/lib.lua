@@ -9,7 +9,7 @@ local K = {
 local FIRST_OP_KEY = 8
 local OK, INSUFFICIENT_STOCK, UNKNOWN_SKU, UNKNOWN_CHANNEL, UNKNOWN_LOCATION = 0, 1, 2, 3, 4
 local IDEMPOTENCY_CONFLICT, HOLD_NOT_FOUND, HOLD_NOT_ACTIVE, SHORTFALL = 5, 6, 7, 8
-local INSUFFICIENT_COMMITTED, COUNT_BELOW_RESERVED, MULTI_PART = 9, 10, 11
+local INSUFFICIENT_COMMITTED, COUNT_BELOW_RESERVED, MULTI_PART, LIMIT_EXCEEDED = 9, 10, 11, 12
 
 -- One clock reading per call: every check and record in it sees the same instant.
 local server_time = redis.call('TIME')
@@ -21,7 +21,8 @@ local NOW = tonumber(server_time[1]) * 1000 + math.floor(tonumber(server_time[2]
 -- holds on one hot SKU costs a handful of writes instead of several per hold.
 local counters, records, expiry, finished = {}, {}, {}, {}
 
--- Stock hash fields: "sku:location:on_hand|committed|held" and "sku:channel:channel_held".
+-- Stock hash fields: "sku:location:on_hand|committed|held", "sku:channel:channel_held",
+-- and "sku:sale:limit.<customer key>": a customer's held + confirmed units of a sale SKU.
 local function level(sku, location)
   local f = sku .. ':' .. location .. ':'
   local on_hand, committed, held = f .. 'on_hand', f .. 'committed', f .. 'held'
@@ -181,6 +182,27 @@ local function allocate(sku, channel, qty, free, out)
   return out
 end
 
+-- A sale hold (rec.sale, rec.ck) counts toward its customer's limit while held or confirmed.
+local COUNTED = { held = true, confirmed = true }
+local function limit_field(sku, rec)
+  return sku .. ':' .. rec.sale .. ':limit.' .. rec.ck
+end
+
+local function track_limit(rec, from, to)
+  if not rec.sale or (COUNTED[from] or false) == (COUNTED[to] or false) then return end
+  local sign = COUNTED[to] and 1 or -1
+  for _, l in ipairs(rec.lines) do
+    local f = limit_field(l[1], rec)
+    counters[f] = (counters[f] or 0) + sign * l[3]
+  end
+end
+
+-- Units of the SKU the hold's customer already holds or bought in the hold's sale.
+local function limit_used(sku, rec)
+  local f = limit_field(sku, rec)
+  return (tonumber(redis.call('HGET', K.stock, f)) or 0) + (counters[f] or 0)
+end
+
 -- Sums a hold's lines per SKU, in first-seen order.
 local function qty_by_sku(lines)
   local order, total = {}, {}
@@ -192,7 +214,8 @@ local function qty_by_sku(lines)
 end
 
 -- Gives an expired hold's lines their units again, from the locations available now.
--- Returns a SHORTFALL reply, without writing, if any SKU lacks the units.
+-- Returns a SHORTFALL reply, without writing, if any SKU lacks the units, or LIMIT_EXCEEDED
+-- if a flash-sale customer has since reached the limit.
 local function reallocate(rec)
   local order, total = qty_by_sku(rec.lines)
   local short, free = { SHORTFALL, rec.id }, {}
@@ -205,6 +228,12 @@ local function reallocate(rec)
     end
   end
   if #short > 2 then return short end
+  for _, sku in ipairs(order) do
+    if rec.sale then
+      local used = limit_used(sku, rec)
+      if used + total[sku] > rec.lim then return { LIMIT_EXCEEDED, sku, total[sku], rec.lim, used } end
+    end
+  end
   local lines = {}
   for _, sku in ipairs(order) do allocate(sku, rec.ch, total[sku], free[sku], lines) end
   rec.lines = lines
@@ -227,6 +256,7 @@ local function save(rec, event)
 end
 
 local function finish(rec, state)
+  track_limit(rec, rec.st, state)
   rec.st = state
   expiry[rec.id], finished[rec.id] = false, NOW
   return save(rec, state)
@@ -237,9 +267,14 @@ end
 local function expire_due(limit)
   local due = redis.call('ZRANGEBYSCORE', K.expiry, '-inf', NOW, 'LIMIT', 0, limit)
   for _, id in ipairs(due) do
-    local rec = cjson.decode(redis.call('HGET', K.holds, id))
-    apply_held(rec, -1)
-    finish(rec, 'expired')
+    local raw = redis.call('HGET', K.holds, id)
+    if raw then
+      local rec = cjson.decode(raw)
+      apply_held(rec, -1)
+      finish(rec, 'expired')
+    else -- an entry without its record (written by hand): drop it, never stop the partition
+      expiry[id] = false
+    end
   end
   commit() -- now, so that no early return of the caller can lose these writes
   return #due
