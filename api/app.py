@@ -23,6 +23,7 @@ from engine.config import Settings
 from engine.connect import connect
 from engine.engine import Engine
 from engine.ids import new_id
+from engine.sales import Sales
 from engine.store import Store
 
 from . import openapi, problems
@@ -30,10 +31,12 @@ from .auth import Keys
 from .endpoint import JSON, endpoint
 from .idempotency import Idempotency
 from .metrics import CONTENT_TYPE, Metrics
-from .routes import SPECS
+from .routes import SPECS as CORE_SPECS
+from .sales import SALE_SPECS
 from .schemas import Health
 
 MAX_BODY_BYTES = 1 << 20
+SPECS = CORE_SPECS + SALE_SPECS
 log = logging.getLogger("stockguard.http")
 _NAME_PARAM = re.compile(r"\{(sku|location|channel)\}")
 _LITERAL = re.compile(r"/[a-z_]+(?=/|$)")
@@ -186,6 +189,7 @@ def create_app(
             app.state.keys = Keys(store)
             await app.state.keys.load()
             app.state.idempotency = Idempotency(client, settings.idempotency_ttl_ms)
+            app.state.sales = Sales(engine)
             reload = asyncio.create_task(app.state.keys.reload_forever())
             try:
                 yield

@@ -32,6 +32,7 @@ from engine.models import (
     SkuSettings,
     StockLevel,
 )
+from engine.sales import Ticket
 
 from .schemas import Ats, MovePage, Problem
 
@@ -127,11 +128,39 @@ class UnknownLocationError(ProblemError):
     location: str
 
 
+class LimitExceededError(ProblemError):
+    name = "limit-exceeded"  # sku, requested, limit, used: the sale's per-customer limit
+
+
+class AdmissionError(ProblemError):
+    name = "admission-invalid"  # a forged token, or another sale's or customer's
+
+
+class AdmissionRequiredError(AdmissionError):
+    name = "admission-required"  # the SKU is in a running flash sale: join its queue
+
+
+class AdmissionUsedError(AdmissionError):
+    name = "admission-used"
+
+
+class AdmissionExpiredError(AdmissionError):
+    name = "admission-expired"  # join the queue again
+
+
+class SaleEndedError(ProblemError):
+    name = "sale-ended"
+
+
 class UnavailableError(ProblemError):
     name = "unavailable"  # the server (or a proxy) could not serve the call, even on retries
 
 
-_ERRORS = {cls.name: cls for cls in ProblemError.__subclasses__()}
+def _subclasses(cls: type[ProblemError]) -> list[type[ProblemError]]:
+    return [c for sub in cls.__subclasses__() for c in (sub, *_subclasses(sub))]
+
+
+_ERRORS = {cls.name: cls for cls in _subclasses(ProblemError)}
 
 
 def _error(response: httpx.Response) -> ProblemError:
@@ -248,13 +277,28 @@ class Client:
         ttl_ms: int,
         customer: str | None = None,
         hold_id: str | None = None,
+        admission: str | None = None,
         idempotency_key: str | None = None,
     ) -> Hold:
-        """Holds every line ({sku: qty} or [(sku, qty)]) for ttl_ms, or raises and holds none."""
+        """Holds every line ({sku: qty} or [(sku, qty)]) for ttl_ms, or raises and holds none.
+
+        During a flash sale of these SKUs, pass the admitted ticket's token as `admission`.
+        """
         pairs = lines.items() if isinstance(lines, Mapping) else lines
         body = {"channel": channel, "lines": [{"sku": s, "qty": q} for s, q in pairs]}
-        body |= _given(ttl_ms=ttl_ms, customer=customer, id=hold_id)
+        body |= _given(ttl_ms=ttl_ms, customer=customer, id=hold_id, admission=admission)
         return await self._call("POST", "/v1/holds", Hold, body, idempotency_key=idempotency_key)
+
+    async def join(self, sale: str, customer: str) -> Ticket:
+        """Joins a flash sale's queue (joining again returns the customer's live ticket)."""
+        path, body = f"/v1/sales/{_seg(sale)}/queue", {"customer": customer}
+        return await self._call("POST", path, Ticket, body)
+
+    async def poll(self, ticket: Ticket, customer: str) -> Ticket:
+        """The ticket now: waiting (poll again after poll_after_ms), admitted (with its
+        token), sold_out, ended, expired or dropped."""
+        path = f"/v1/sales/{_seg(ticket.sale)}/queue/{_seg(ticket.ticket)}"
+        return await self._call("GET", path, Ticket, params={"customer": customer})
 
     async def get_hold(self, hold_id: str) -> Hold:
         """The hold as it stands now (`expired` once past its expiry by the server's clock)."""

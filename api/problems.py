@@ -43,6 +43,14 @@ ENGINE_ERRORS: dict[type[errors.StockguardError], tuple[int, str, str]] = {
     errors.HoldNotFoundError: (404, "hold-not-found", "Hold not found"),
     errors.HoldNotActiveError: (409, "hold-not-active", "Hold not active"),
     errors.ShortfallError: (409, "shortfall", "Hold expired and stock is short: refund"),
+    errors.LimitExceededError: (409, "limit-exceeded", "Past the sale's per-customer limit"),
+    errors.UnknownSaleError: (404, "unknown-sale", "Unknown sale"),
+    errors.SaleEndedError: (410, "sale-ended", "The sale has ended"),
+    errors.TicketNotFoundError: (404, "ticket-not-found", "Ticket not found"),
+    errors.AdmissionRequiredError: (403, "admission-required", "An admission token is needed"),
+    errors.AdmissionInvalidError: (403, "admission-invalid", "Invalid admission token"),
+    errors.AdmissionUsedError: (409, "admission-used", "Admission token already used"),
+    errors.AdmissionExpiredError: (410, "admission-expired", "Admission token expired"),
 }
 
 # HTTP-level problems: type → title. Statuses come with each ApiError.

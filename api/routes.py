@@ -37,9 +37,22 @@ def _actor(call: Call) -> str:
 
 async def create_hold(call: Call) -> Hold:
     body: s.HoldCreate = call.body
+    lines = [(line.sku, line.qty) for line in body.lines]
+    sales = call.request.app.state.sales
+    sale = await sales.for_hold(body.channel, [sku for sku, _ in lines])
+    if sale is not None:  # a flash sale runs: the admission token decides
+        return await sales.hold(  # type: ignore[no-any-return]
+            sale,
+            body.admission,
+            body.channel,
+            lines,
+            ttl_ms=body.ttl_ms,
+            customer=body.customer,
+            hold_id=body.id or call.op_id,
+        )
     return await call.engine.hold(  # type: ignore[no-any-return]
         body.channel,
-        [(line.sku, line.qty) for line in body.lines],
+        lines,
         ttl_ms=body.ttl_ms,
         customer=body.customer,
         hold_id=body.id or call.op_id,
@@ -103,21 +116,23 @@ def _move(verb: str, *fields: str) -> Callable[[Call], Awaitable[LocationStock]]
 
 
 def _cursor(move: MoveRow) -> str:
-    return base64.urlsafe_b64encode(msgspec.json.encode([move.at_ms, move.id])).decode()
+    position = [move.at_ms, move.pos, move.id]
+    return base64.urlsafe_b64encode(msgspec.json.encode(position)).decode()
 
 
-# A cursor's time must fit the ledger's BIGINT column: a larger one is not ours.
-_Cursor = tuple[Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)], str]
+# A cursor's numbers must fit the ledger's BIGINT columns: larger ones are not ours.
+_BigInt = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+_Cursor = tuple[_BigInt, _BigInt, str]
 
 
-def _after(cursor: str | None) -> tuple[int, str] | None:
+def _after(cursor: str | None) -> tuple[int, int, str] | None:
     if not cursor:
         return None
     try:
-        at_ms, move_id = msgspec.json.decode(base64.urlsafe_b64decode(cursor), type=_Cursor)
+        at_ms, pos, move_id = msgspec.json.decode(base64.urlsafe_b64decode(cursor), type=_Cursor)
     except (ValueError, binascii.Error, msgspec.DecodeError):
         raise ValidationError("after", "is not a cursor this API returned") from None
-    return at_ms, move_id
+    return at_ms, pos, move_id
 
 
 async def list_moves(call: Call) -> s.MovePage:
@@ -245,7 +260,9 @@ def _moves() -> list[Spec]:
 SPECS: tuple[Spec, ...] = (
     Spec("POST", "/v1/holds", create_hold, CHECKOUT, "Place a hold", Hold, s.HoldCreate, 201,
          errors=("insufficient-stock", "unknown-sku", "unknown-channel", "idempotency-conflict",
-                 "validation"), hold_action="place", name="create_hold"),
+                 "validation", "admission-required", "admission-invalid", "admission-used",
+                 "admission-expired", "limit-exceeded"), hold_action="place",
+         name="create_hold"),
     Spec("GET", "/v1/holds/{hold_id}", get_hold, ANY, "Read a hold", Hold, params=(HOLD_ID,),
          errors=("hold-not-found", "validation"), name="get_hold"),
     Spec("POST", "/v1/holds/{hold_id}/extend", extend_hold, CHECKOUT, "Extend a hold", Hold,

@@ -48,6 +48,9 @@ class HoldCreate(_In):
     ttl_ms: TtlMs = 600_000
     customer: ShortText | None = None
     id: HoldId | None = None  # client-chosen hold id; placing it again replays the hold
+    # The admission token of a flash-sale ticket: needed to hold a sale's SKUs on its
+    # channel during the sale (see /v1/sales/{sale}/queue).
+    admission: Annotated[str, Meta(max_length=1000)] | None = None
 
     @property
     def sku_for_id(self) -> str:
@@ -194,4 +197,10 @@ class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
     counted: int | None = None
     reserved: int | None = None
     missing: dict[str, int] | None = None
+    sale: str | None = None
+    ticket: str | None = None
+    limit: int | None = None
+    used: int | None = None
+    reason: str | None = None
+    end_ms: int | None = None
     allowed: list[str] | None = None

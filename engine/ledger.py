@@ -29,6 +29,7 @@ class MoveRow(msgspec.Struct, frozen=True):
     reference: str | None = None
     channel: str | None = None
     hold_id: str | None = None
+    pos: int = 0  # commit order: the outbox entry's ms and sequence, then the event's index
 
 
 class HoldEventRow(msgspec.Struct, frozen=True):
@@ -88,15 +89,21 @@ def rows(partition: int, entries: list[tuple[str, dict[str, str]]]) -> Rows:
     out = Rows()
     for entry_id, fields in entries:
         at_ms = int(fields["at_ms"])
+        ms, seq = entry_id.split("-")
+        base = int(ms) * 1_000_000 + int(seq) * 1000
         for index, event in enumerate(_events.decode(fields["events"])):
-            _add(out, partition, f"{partition}:{entry_id}/{index}", at_ms, event)
+            event_id = f"{partition}:{entry_id}/{index}"
+            _add(out, partition, event_id, at_ms, event, base + index)
     return out
 
 
-def _add(out: Rows, partition: int, event_id: str, at_ms: int, event: dict[str, Any]) -> None:
+def _add(
+    out: Rows, partition: int, event_id: str, at_ms: int, event: dict[str, Any], pos: int
+) -> None:
     kind = event.pop("type")
     if kind == "move":
         event.setdefault("at_ms", at_ms)
+        event["pos"] = pos
         out.moves.append(msgspec.convert(event, MoveRow))
     elif kind == "hold":
         hold = event["hold"]

@@ -42,6 +42,8 @@ MIGRATIONS = (
         id TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL, hash TEXT NOT NULL UNIQUE,
         created_ms BIGINT NOT NULL, revoked_ms BIGINT)""",
     "CREATE INDEX moves_at ON moves (at_ms, id)",
+    "ALTER TABLE moves ADD COLUMN pos BIGINT NOT NULL DEFAULT 0",
+    "CREATE INDEX moves_order ON moves (at_ms, pos, id)",
 )
 
 
@@ -169,13 +171,14 @@ class Store:
     async def moves_page(
         self,
         *,
-        after: tuple[int, str] | None = None,
+        after: tuple[int, int, str] | None = None,
         limit: int = 100,
         sku: str | None = None,
         location: str | None = None,
         kind: str | None = None,
     ) -> list[MoveRow]:
-        """Moves in (at_ms, id) order, after a position, optionally of one SKU/location/kind."""
+        """Moves in commit order, after a position (at_ms, pos, id), optionally of one SKU,
+        location or kind."""
         where: list[str] = ["1 = 1"]
         params: list[Any] = []
         for column, value in (("sku", sku), ("location", location), ("kind", kind)):
@@ -183,10 +186,11 @@ class Store:
                 where.append(f"{column} = ?")
                 params.append(value)
         if after is not None:
-            where.append("(at_ms > ? OR (at_ms = ? AND id > ?))")
-            params += [after[0], after[0], after[1]]
+            where.append("(at_ms, pos, id) > (?, ?, ?)")
+            params += list(after)
         names = ", ".join(MoveRow.__struct_fields__)
-        sql = f"SELECT {names} FROM moves WHERE {' AND '.join(where)} ORDER BY at_ms, id LIMIT ?"
+        order = "ORDER BY at_ms, pos, id"  # commit order within a partition
+        sql = f"SELECT {names} FROM moves WHERE {' AND '.join(where)} {order} LIMIT ?"
         return [MoveRow(*row) for row in await self._fetch(sql, (*params, limit))]
 
     async def stock_totals(self, sku: str | None = None) -> list[tuple[str, str, int, int]]:

@@ -32,7 +32,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from api.routes import SPECS
+from api.app import SPECS
 from engine import validate
 
 CHECKS = [

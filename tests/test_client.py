@@ -284,7 +284,9 @@ async def test_in_progress_is_retried_after_retry_after(api_shop: Api) -> None:
 
     async def first_attempt_elsewhere(n: int, request: httpx.Request) -> None:
         sent.append(time.monotonic())
-        key = request.headers["idempotency-key"]
+        # The server scopes a key to the API key that sends it: "<key id>/<key>".
+        key_id = api_shop.keys["checkout"].split("_")[1]
+        key = f"{key_id}/{request.headers['idempotency-key']}"
         if n == 0:  # an earlier attempt with this key is running on another worker
             await idempotency.begin(key, fingerprint("POST", request.url.path, request.content))
         else:  # ... and that worker died: its pending record is gone
