@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import multiprocessing
 import os
 import shutil
@@ -29,7 +28,7 @@ from typing import Any
 import msgspec
 import uvicorn
 
-from engine.config import Settings
+from engine.config import Settings, tune_gc
 from engine.embedded import EmbeddedValkey
 from engine.store import Store
 
@@ -141,9 +140,7 @@ def worker_app() -> Any:
 
     options = msgspec.json.decode(os.environ[_SERVE_ENV], type=Options)
     logs.configure(options.log_level)
-    # Requests allocate many short-lived objects; the default threshold (700) runs a
-    # collection every few requests. Far fewer, each one no slower, is the usual tuning.
-    gc.set_threshold(50_000, 20, 100)
+    tune_gc()
     return create_app(
         options.settings(), max_body_bytes=options.max_body_bytes, access_log=options.access_log
     )
@@ -175,6 +172,7 @@ def _background(options_json: bytes, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches serve; serve tells us
     options = msgspec.json.decode(options_json, type=Options)
     logs.configure(options.log_level)
+    tune_gc()
     asyncio.run(_run_background(options, parent))
 
 

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .cluster import EmbeddedCluster
-from .config import Settings
+from .config import Settings, tune_gc
 from .connect import connect, open_engine
 from .embedded import EmbeddedValkey
 
@@ -211,6 +211,7 @@ async def _sweeper(settings: Settings, interval_ms: int) -> None:
 
 async def _bench(settings: Settings, target: str, seconds: float, postgres: str | None) -> int:
     """Runs a benchmark on a scratch database: a fresh embedded server, or an empty REDIS_URL."""
+    tune_gc()  # as `serve` runs the engine
     if settings.redis_url is None:
         # The benchmarks flush their database: never the user's data dir.
         with (

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 DAY_MS = 24 * 3600 * 1000
+# Requests and batched operations allocate many short-lived objects; at Python's default
+# gen0 threshold (700) a busy process collects every few requests, and those collections
+# were the hold path's p99 tail. Far fewer collections, each no slower, is the usual tuning.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Sets the garbage collector's thresholds for a busy server process."""
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 @dataclass(frozen=True)
