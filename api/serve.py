@@ -211,10 +211,22 @@ async def _run_background(options: Options, parent: int) -> None:
                 await asyncio.wait_for(stop.wait(), options.sweep_interval_ms / 1000)
 
     writer = Writer(client, store)
+
+    async def write() -> None:
+        # The writer retries ledger outages itself; anything else (Redis away, a bug) is
+        # logged and the writer starts again, so the ledger never silently stops.
+        while not stop.is_set():
+            try:
+                await writer.run(stop, report_every_s=10)
+            except Exception:
+                log.exception("writer failed; starting again in 1 s")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+
     try:
         tasks = [sweep()] if options.sweeper else []
         if options.writer:
-            tasks.append(writer.run(stop, report_every_s=10))
+            tasks.append(write())
         await asyncio.gather(*tasks)
         if options.writer:
             drained = await writer.drain()
