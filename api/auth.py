@@ -69,6 +69,7 @@ class Keys:
         self._by_hash: dict[str, Principal] = {}
         self._miss_reload_at = -_MISS_RELOAD_S
         self._lock = asyncio.Lock()
+        self._reload_lock = asyncio.Lock()
 
     async def load(self) -> int:
         """Reloads every live key; returns how many there are."""
@@ -86,15 +87,23 @@ class Keys:
             raise ApiError(401, "unauthorized", "send the API key as 'Authorization: Bearer <key>'")
         digest = hash_key(key)
         principal = self._by_hash.get(digest)
-        if principal is None and time.monotonic() - self._miss_reload_at > _MISS_RELOAD_S:
-            # Unknown keys reload at most once a second, so forged keys cannot flood the
-            # database; a key created a moment ago works on its first call.
-            self._miss_reload_at = time.monotonic()
-            await self.load()
-            principal = self._by_hash.get(digest)
+        if principal is None:
+            principal = await self._reload_for(digest)
         if principal is None:
             raise ApiError(401, "unauthorized", "this API key is unknown or revoked")
         return principal
+
+    async def _reload_for(self, digest: str) -> Principal | None:
+        """An unknown key reloads the keys, at most once a second, so forged keys cannot
+        flood the database; a key created a moment ago works on its first call. Callers
+        that miss while a reload runs wait for it rather than fail."""
+        async with self._reload_lock:
+            principal = self._by_hash.get(digest)
+            if principal is None and time.monotonic() - self._miss_reload_at > _MISS_RELOAD_S:
+                await self.load()
+                self._miss_reload_at = time.monotonic()
+                principal = self._by_hash.get(digest)
+            return principal
 
     async def reload_forever(self) -> None:
         while True:

@@ -29,7 +29,7 @@ def _problem(description: str) -> dict[str, Any]:
 _STATUS_OF = {kind: status for (status, kind, _t) in problems.ENGINE_ERRORS.values()}
 _STATUS_OF.update({"malformed-json": 400, "unauthorized": 401, "forbidden": 403,
                    "body-too-large": 413, "idempotency-in-progress": 409,
-                   "unavailable": 503})  # fmt: skip
+                   "unavailable": 503, "not-found": 404})  # fmt: skip
 
 
 def _responses(spec: Spec, schema: dict[str, Any] | None) -> dict[str, Any]:
@@ -38,6 +38,8 @@ def _responses(spec: Spec, schema: dict[str, Any] | None) -> dict[str, Any]:
         ok.update(_content(schema))
     responses: dict[str, Any] = {str(spec.status): ok}
     kinds = {"unauthorized", "forbidden", "unavailable", *spec.errors}
+    if any(p.where == "path" for p in spec.params):
+        kinds.add("not-found")  # a path the router cannot match (a name with a newline)
     if spec.body is not None:
         kinds.update({"validation", "malformed-json"})
     if spec.mutating:

@@ -33,13 +33,18 @@ async def connect(url: str, **options: Any) -> Any:
 
 @asynccontextmanager
 async def open_engine(settings: Settings) -> AsyncIterator[Engine]:
-    """An Engine on settings.redis_url, or on a private Valkey in settings.data_dir."""
+    """An Engine on settings.redis_url, else on the Valkey that serves settings.data_dir:
+    the one a running `stockguard serve` started there, or a private one started now."""
     embedded = None
     url = settings.redis_url
     if url is None:
         embedded = EmbeddedValkey(settings.data_dir / "valkey", appendfsync=settings.appendfsync)
-        embedded.start()
-        url = embedded.url
+        url = embedded.running_url()  # a running `serve` on this data dir: share its server
+        if url is None:
+            embedded.start()
+            url = embedded.url
+        else:
+            embedded = None
     try:
         client = await connect(url)
         try:

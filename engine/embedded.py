@@ -419,6 +419,18 @@ class EmbeddedValkey(_Managed):
             return None
         return state
 
+    def running_url(self) -> str | None:
+        """The URL of the server another live process runs on this data dir, if any."""
+        state = self._read_state()
+        if state is None or "port" not in state:
+            return None
+        owner_pid, child_pid, port = int(state["owner_pid"]), int(state["child_pid"]), state["port"]
+        if owner_pid == os.getpid() or not _owner_running(owner_pid, state.get("owner_start")):
+            return None
+        if not _pid_running(child_pid) or not _probe(int(port), child_pid):
+            return None
+        return f"redis://{_HOST}:{port}/0"
+
     def _write_state(self, child_pid: int, port: int) -> None:
         """Record (atomically) that this process owns the data dir through child_pid."""
         me = os.getpid()

@@ -268,7 +268,7 @@ class Sales:
             raise AdmissionInvalidError("the token is for another customer")
         await self._use(admission, "use")
         try:
-            return await self.engine.hold(  # type: ignore[no-any-return]
+            hold: Hold = await self.engine.hold(
                 channel,
                 lines,
                 ttl_ms=ttl_ms,
@@ -278,7 +278,11 @@ class Sales:
             )
         except StockguardError:
             await self._use(admission, "undo")  # refused: the buyer may try again
+            await self._check_sold_out(sale, now=True)
             raise
+        # This hold may have taken the last units: say so now, not at the next check.
+        await self._check_sold_out(sale, now=True)
+        return hold
 
     async def _use(self, admission: Admission, action: str) -> None:
         args = [admission.ticket, admission.ck, admission.exp, action]

@@ -6,10 +6,11 @@ local id, ck, exp, action = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local t = ticket(id)
 if not t or t.ck ~= ck or t.exp ~= exp then return { ADMISSION_INVALID, id } end
 if action == 'undo' then
+  -- The buyer may try again with the token until it expires, but no longer blocks one of
+  -- the max_active slots: a refusal (sold out, past the limit) must not stall the queue.
   if t.st == 'used' then
     t.st = 'admitted'
     put(id, t)
-    if t.exp > NOW then redis.call('ZADD', S.active, t.exp, id) end
   end
   return { OK, id }
 end

@@ -107,6 +107,16 @@ async def test_a_revoked_key_stops_working(api_shop: Api) -> None:
     assert other.json()["role"] == "operator"
 
 
+async def test_a_new_key_works_at_once_for_concurrent_first_calls(api: Api) -> None:
+    await api.app.state.keys.load()
+    key, _ = await create_key(api.app.state.store, "till-10", Role.CHECKOUT)
+    headers = {"Authorization": f"Bearer {key}"}
+    replies = await asyncio.gather(
+        *(api.http.get("/v1/whoami", headers=headers) for _ in range(20))
+    )
+    assert [r.status_code for r in replies] == [200] * 20
+
+
 async def test_a_new_key_works_at_once(api: Api) -> None:
     keys = api.app.state.keys
     await keys.load()  # the periodic reload has just run

@@ -297,4 +297,10 @@ async def test_two_workers_share_the_socket_and_report_metrics_together(tmp_path
             r'stockguard_hold_outcomes_total\{action="place",outcome="ok"\} (\S+)', text
         )
         assert placed is not None and float(placed[1]) == 40  # both workers' samples, summed
+        # Other commands on the same data dir share the running serve's Valkey.
+        command = [*STOCKGUARD, "--data-dir", str(tmp_path / "data"), "audit", "--wait-s", "10"]
+        audit = await asyncio.to_thread(
+            subprocess.run, command, capture_output=True, text=True, env=_env(), timeout=60
+        )
+        assert audit.returncode == 0 and audit.stdout.endswith("audit: ok\n"), audit
         assert await server.stop() == 0
