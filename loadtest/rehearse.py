@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import httpx
-from flash_sale import audit, clean_env
+from serving import audit, clean_env
 
 from api.bench_http import _serve
 
