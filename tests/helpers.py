@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 
@@ -72,3 +73,38 @@ class Api:
 
     def auth(self, role: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys[role]}"}
+
+
+PROBLEM = "application/problem+json"
+
+
+def _visible(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The outbox without the audit pair (placed, rejected) that a hold refused part-way
+    leaves behind: a rejected hold never held anything a caller could see."""
+    rejected = {e["hold"]["id"] for e in events if e["type"] == "hold" and e["event"] == "rejected"}
+    return [e for e in events if e["type"] != "hold" or e["hold"]["id"] not in rejected]
+
+
+async def snapshot(api: Api) -> dict[str, Any]:
+    """Everything a refused request must leave alone."""
+    http = api.http
+    stock = {sku: (await http.get(f"/v1/stock/{sku}")).json() for sku in ("A", "B", "C")}
+    return {
+        "stock": stock,
+        "catalog": (await http.get("/v1/catalog")).json(),
+        "outbox": _visible(await outbox_events(api.engine.client)),
+    }
+
+
+def problem(r: httpx.Response, status: int, name: str, **data: Any) -> dict[str, Any]:
+    """Asserts r is the problem `name` with `status` and the given data; returns its body."""
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith(PROBLEM), r.headers
+    body: dict[str, Any] = r.json()
+    assert body["type"].rsplit("/", 1)[1] == name, body
+    assert body["status"] == status
+    assert body["title"] and body["detail"], body  # something a person can act on
+    assert body["request_id"] == r.headers["x-request-id"]
+    for key, value in data.items():
+        assert body.get(key) == value, (key, body)
+    return body

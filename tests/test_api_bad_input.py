@@ -17,46 +17,13 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from helpers import Api, outbox_events
+from helpers import Api, problem, snapshot
 
 from api.auth import Role, create_key
 
-PROBLEM = "application/problem+json"
 LINE = {"sku": "A", "qty": 1}
 HOLD = {"channel": "web", "lines": [LINE]}
 RECEIVE = {"location": "wh1", "qty": 1}
-
-
-def _visible(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The outbox without the audit pair (placed, rejected) that a hold refused part-way
-    leaves behind: a rejected hold never held anything a caller could see."""
-    rejected = {e["hold"]["id"] for e in events if e["type"] == "hold" and e["event"] == "rejected"}
-    return [e for e in events if e["type"] != "hold" or e["hold"]["id"] not in rejected]
-
-
-async def snapshot(api: Api) -> dict[str, Any]:
-    """Everything a refused request must leave alone."""
-    http = api.http
-    stock = {sku: (await http.get(f"/v1/stock/{sku}")).json() for sku in ("A", "B", "C")}
-    return {
-        "stock": stock,
-        "catalog": (await http.get("/v1/catalog")).json(),
-        "outbox": _visible(await outbox_events(api.engine.client)),
-    }
-
-
-def problem(r: httpx.Response, status: int, name: str, **data: Any) -> dict[str, Any]:
-    """Asserts r is the problem `name` with `status` and the given data; returns its body."""
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith(PROBLEM), r.headers
-    body: dict[str, Any] = r.json()
-    assert body["type"].rsplit("/", 1)[1] == name, body
-    assert body["status"] == status
-    assert body["title"] and body["detail"], body  # something a person can act on
-    assert body["request_id"] == r.headers["x-request-id"]
-    for key, value in data.items():
-        assert body.get(key) == value, (key, body)
-    return body
 
 
 @pytest.fixture
@@ -419,91 +386,3 @@ async def test_a_revoked_key_is_refused(shop: Api) -> None:
     body = problem(r, 401, "unauthorized")
     assert "revoked" in body["detail"]
     problem(await shop.http.get("/v1/whoami", headers=headers), 401, "unauthorized")
-
-
-# -- Idempotency-Key replays ---------------------------------------------------------------
-
-
-async def test_a_replay_with_the_same_body_returns_the_first_response_once(api_shop: Api) -> None:
-    http = api_shop.http
-    await http.post("/v1/stock/A/receive", json={"location": "wh1", "qty": 5})
-    headers = {**api_shop.auth("checkout"), "Idempotency-Key": "order-1001-hold"}
-    body = {"channel": "web", "lines": [{"sku": "A", "qty": 2}], "ttl_ms": 60_000}
-    first = await http.post("/v1/holds", json=body, headers=headers)
-    assert first.status_code == 201, first.text
-    assert "idempotent-replayed" not in first.headers
-    after_first = await snapshot(api_shop)
-
-    again = await http.post("/v1/holds", json=body, headers=headers)
-    assert again.status_code == 201
-    assert again.headers["idempotent-replayed"] == "true"
-    assert again.content == first.content
-    assert again.headers["content-type"] == first.headers["content-type"]
-    assert await snapshot(api_shop) == after_first
-    placed = [e for e in await outbox_events(api_shop.engine.client) if e.get("event") == "placed"]
-    assert [e["hold"]["id"] for e in placed] == [first.json()["id"]]
-    stock = (await http.get("/v1/stock/A")).json()
-    assert {row["location"]: row["held"] for row in stock["locations"]}["wh1"] == 2
-
-
-async def test_a_replayed_move_is_applied_once(api_shop: Api) -> None:
-    http = api_shop.http
-    headers = {"Idempotency-Key": "asn-77"}
-    first = await http.post(
-        "/v1/stock/A/receive", json={"location": "wh1", "qty": 5}, headers=headers
-    )
-    assert first.status_code == 200 and first.json()["on_hand"] == 5
-    again = await http.post(
-        "/v1/stock/A/receive", json={"location": "wh1", "qty": 5}, headers=headers
-    )
-    assert (again.status_code, again.content) == (200, first.content)
-    assert again.headers["idempotent-replayed"] == "true"
-    moves = [e for e in await outbox_events(api_shop.engine.client) if e["type"] == "move"]
-    assert [(m["kind"], m["sku"], m["qty"]) for m in moves] == [("receive", "A", 5)]
-
-
-async def test_a_replayed_refusal_is_the_same_refusal(api_shop: Api) -> None:
-    http = api_shop.http
-    headers = {**api_shop.auth("checkout"), "Idempotency-Key": "too-many"}
-    body = {"channel": "web", "lines": [{"sku": "A", "qty": 3}]}
-    first = await http.post("/v1/holds", json=body, headers=headers)
-    problem(first, 409, "insufficient-stock", sku="A", requested=3, available=0)
-    await http.post("/v1/stock/A/receive", json={"location": "wh1", "qty": 5})
-    before = await snapshot(api_shop)
-    again = await http.post("/v1/holds", json=body, headers=headers)
-    assert (again.status_code, again.content) == (409, first.content)
-    assert again.headers["content-type"].startswith(PROBLEM)
-    assert again.headers["idempotent-replayed"] == "true"
-    assert await snapshot(api_shop) == before  # the stock that arrived since is not held
-
-
-@pytest.mark.parametrize(
-    ("method", "path", "body"),
-    [
-        ("POST", "/v1/holds", {"channel": "web", "lines": [{"sku": "A", "qty": 3}]}),
-        ("POST", "/v1/holds", {"channel": "amazon", "lines": [{"sku": "A", "qty": 2}]}),
-        ("POST", "/v1/stock/A/receive", {"location": "wh1", "qty": 2}),
-        ("PUT", "/v1/skus/A", {"buffer": 1}),
-    ],
-    ids=["other-qty", "other-channel", "other-path", "other-method"],
-)
-async def test_a_replay_with_a_different_request_is_a_conflict(
-    api_shop: Api, method: str, path: str, body: dict[str, Any]
-) -> None:
-    http = api_shop.http
-    await http.post("/v1/stock/A/receive", json={"location": "wh1", "qty": 5})
-    headers = {"Idempotency-Key": "order-1002-hold"}
-    first = await http.post("/v1/holds", json={"channel": "web", "lines": [LINE]}, headers=headers)
-    assert first.status_code == 201, first.text
-    before = await snapshot(api_shop)
-    r = await http.request(method, path, json=body, headers=headers)
-    problem(r, 409, "idempotency-conflict")
-    assert "idempotent-replayed" not in r.headers
-    assert await snapshot(api_shop) == before
-
-
-async def test_a_255_character_idempotency_key_is_accepted(api_shop: Api) -> None:
-    """The boundary next to the 300-character refusal above."""
-    headers = {"Idempotency-Key": "k" * 255}
-    r = await api_shop.http.post("/v1/stock/A/receive", json=RECEIVE, headers=headers)
-    assert r.status_code == 200, r.text
