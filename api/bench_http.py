@@ -91,7 +91,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
 
 
 @contextlib.contextmanager
-def _serve(data_dir: Path, workers: int, appendfsync: str) -> Iterator[tuple[str, int, str]]:
+def running_serve(data_dir: Path, workers: int, appendfsync: str) -> Iterator[tuple[str, int, str]]:
     """A `stockguard serve` in its own process group; stopped by SIGTERM, as a user would."""
     env = {
         k: v
@@ -334,7 +334,7 @@ def bench_http(
     round_s = seconds / ROUNDS
     with (
         tempfile.TemporaryDirectory(prefix="stockguard-bench-http-") as tmp,
-        _serve(Path(tmp), workers, appendfsync) as (url, port, key),
+        running_serve(Path(tmp), workers, appendfsync) as (url, port, key),
         httpx.Client(base_url=url, headers={"authorization": f"Bearer {key}"}) as client,
     ):
         _setup(client)

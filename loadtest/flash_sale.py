@@ -357,11 +357,11 @@ def server(args: argparse.Namespace) -> Iterator[tuple[str, str, Path | None]]:
             raise SystemExit("flash-sale: --url needs --key, an operator key")
         yield args.url, args.key, None
         return
-    from api.bench_http import _serve  # starts and stops serve as bench http does
+    from api.bench_http import running_serve  # starts and stops serve as bench http does
 
     with (
         tempfile.TemporaryDirectory(prefix="stockguard-flash-sale-") as tmp,
-        _serve(Path(tmp), 1, "everysec") as (url, _port, key),
+        running_serve(Path(tmp), 1, "everysec") as (url, _port, key),
     ):
         yield url, key, Path(tmp)
 

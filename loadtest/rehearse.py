@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 from serving import audit, clean_env
 
-from api.bench_http import _serve
+from api.bench_http import running_serve
 
 HERE = Path(__file__).resolve().parent
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with (
         tempfile.TemporaryDirectory(prefix="stockguard-rehearsal-") as tmp,
-        _serve(Path(tmp), 1, "everysec") as (url, _port, operator),
+        running_serve(Path(tmp), 1, "everysec") as (url, _port, operator),
     ):
         print(f"rehearse: stockguard serve at {url}, data in {tmp}", flush=True)
         checkout = create_key(Path(tmp), "checkout")
