@@ -327,11 +327,16 @@ class SqliteStore(Store):
 
 
 class PostgresStore(Store):
-    """PostgreSQL through psycopg 3 (installed with `pip install 'stockguard[postgres]'`)."""
+    """PostgreSQL through psycopg 3 (installed with `pip install 'stockguard[postgres]'`).
+
+    One connection, one operation at a time: tasks that share the store (two writers in
+    one process, the API's requests) queue for it, so no transaction interleaves another.
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
         self._db: Any = None
+        self._lock = asyncio.Lock()
 
     async def open(self) -> None:
         try:
@@ -369,26 +374,28 @@ class PostgresStore(Store):
 
     async def write(self, rows: Rows) -> int:
         new = 0
-        db = await self._connection()
-        async with db.transaction():
-            for sql, values in _statements(rows, "%s"):
-                async with db.cursor() as cursor:
-                    await cursor.executemany(sql, values)
-                    new += max(cursor.rowcount, 0)
+        async with self._lock:
+            db = await self._connection()
+            async with db.transaction():
+                for sql, values in _statements(rows, "%s"):
+                    async with db.cursor() as cursor:
+                        await cursor.executemany(sql, values)
+                        new += max(cursor.rowcount, 0)
         return new
 
     async def count(self, table: str) -> int:
-        cursor = await (await self._connection()).execute(f"SELECT count(*) FROM {table}")
-        (n,) = await cursor.fetchone()
-        return int(n)
+        rows = await self._fetch(f"SELECT count(*) FROM {table}")
+        return int(rows[0][0])
 
     async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        cursor = await (await self._connection()).execute(sql.replace("?", "%s"), params)
-        return list(await cursor.fetchall())
+        async with self._lock:
+            cursor = await (await self._connection()).execute(sql.replace("?", "%s"), params)
+            return list(await cursor.fetchall())
 
     async def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
-        cursor = await (await self._connection()).execute(sql.replace("?", "%s"), params)
-        return int(cursor.rowcount)
+        async with self._lock:
+            cursor = await (await self._connection()).execute(sql.replace("?", "%s"), params)
+            return int(cursor.rowcount)
 
     async def close(self) -> None:
         if self._db is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from typing import Any
 
@@ -63,3 +64,16 @@ async def test_every_outbox_event_becomes_a_ledger_row(store: Store, client: Any
     counts = [await store.count(t) for t in ("moves", "hold_events", "catalog", "sku_settings")]
     assert counts == [5, 2, 6, 3]
     assert new == 5 + 2 + 6 + 3  # every partition copies the catalog; it counts once
+
+
+async def test_tasks_sharing_one_store_never_interleave_transactions(store: Store) -> None:
+    """Two writers in one process and the API's requests share a store."""
+
+    async def write(n: int) -> int:
+        return await store.write(Rows(moves=[_move(n), _move(n + 1000)]))
+
+    results = await asyncio.gather(
+        *(write(n) for n in range(1, 41)), *(store.moves_page(limit=5) for _ in range(40))
+    )
+    assert sum(n for n in results[:40] if isinstance(n, int)) == 80
+    assert await store.count("moves") == 80
