@@ -82,7 +82,7 @@ async def release_hold(call: Call) -> Hold:
 
 
 async def get_stock(call: Call) -> StockLevel:
-    channels = call.query("channel") or None
+    channels = [validate.name("channel", c) for c in call.query("channel")] or None
     return await call.engine.stock(call.path("sku"), channels)  # type: ignore[no-any-return]
 
 

@@ -66,3 +66,10 @@ async def test_names_with_a_slash_are_addressable_in_paths(api_shop: Api) -> Non
     stock = (await http.get("/v1/stock/TEE/RED/M")).json()
     assert stock["sku"] == "TEE/RED/M" and stock["settings"]["buffer"] == 1
     assert {row["location"]: row["on_hand"] for row in stock["locations"]}["wh1"] == 4
+
+
+async def test_a_malformed_channel_filter_is_invalid_input(api_shop: Api) -> None:
+    r = await api_shop.http.get("/v1/stock/A", params={"channel": "bad name"})
+    assert r.status_code == 422 and r.json()["field"] == "channel", r.text
+    r = await api_shop.http.get("/v1/stock/A", params={"channel": "nowhere"})
+    assert r.status_code == 404 and r.json()["type"].endswith("/unknown-channel")
