@@ -38,7 +38,7 @@ from .schemas import Health
 MAX_BODY_BYTES = 1 << 20
 SPECS = CORE_SPECS + SALE_SPECS
 log = logging.getLogger("stockguard.http")
-_NAME_PARAM = re.compile(r"\{(sku|location|channel)\}")
+_NAME_PARAM = re.compile(r"\{(sku|location|channel|sale)\}")
 _LITERAL = re.compile(r"/[a-z_]+(?=/|$)")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _encode = msgspec.json.Encoder().encode
