@@ -47,6 +47,10 @@ class HoldEventRow(msgspec.Struct, frozen=True):
     at_ms: int
     customer: str | None = None
     reference: str | None = None
+    # A flash-sale hold: its sale, the sale's per-customer limit, the customer's key.
+    sale: str | None = None
+    sale_limit: int | None = None
+    customer_key: str | None = None
 
 
 class CatalogRow(msgspec.Struct, frozen=True):
@@ -122,6 +126,9 @@ def _add(
                 at_ms=at_ms,
                 customer=hold.get("cust"),
                 reference=hold.get("ref"),
+                sale=hold.get("sale"),
+                sale_limit=hold.get("lim"),
+                customer_key=hold.get("ck"),
             )
         )
     elif kind == "catalog":

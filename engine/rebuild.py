@@ -10,6 +10,8 @@ writes back:
   A part still `held` goes into the `expiry` zset and adds its lines to the
   `held` and `channel_held` counters; any other state goes into `finished`
   with the time of that event.
+- each flash-sale customer's limit counters (`<sku>:<sale>:limit.<customer key>`),
+  from the last event of every sale hold however old: held and confirmed units count.
 
 A hold whose last event is `held` but whose expiry has passed is restored as
 held, expiry included, and is not settled here: every script settles the due
@@ -22,7 +24,8 @@ What the ledger does not keep, and so cannot come back:
 
 - A hold record's `fp` (its payload fingerprint) is recomputed from the parts'
   `placed` events: channel, customer, ttl_ms (expires_at_ms - at_ms of the
-  placement) and the units per SKU, as `Engine.hold` computes it. So a replayed
+  placement), the units per SKU and a sale hold's sale, limit and customer key, as
+  `Engine.hold` computes it. So a replayed
   hold returns its first outcome and a different payload is still a conflict.
   A customer given as "" was stored as none and is taken as None, and a hold
   with a part refused at placement (that part writes no event) gets no `fp`:
@@ -143,6 +146,8 @@ async def rebuild(
     fps = _fingerprints(await store.placed_hold_events(since_ms))
     for event in await store.latest_hold_events(since_ms):
         _restore_hold(parts[event.part], event, fps.get(event.hold_id))
+    for event in await store.sale_hold_states():
+        _count_toward_limit(parts[event.part], event)
     for p, part in enumerate(parts):
         await _write(client, p, part, catalog.doc if catalog else None, clear=bool(found))
     return RebuildReport(
@@ -203,8 +208,9 @@ def _fingerprints(placed: list[HoldEventRow]) -> dict[str, str]:
         for event in events:
             for sku, _, qty in _lines.decode(event.lines):
                 wanted[sku] += qty
+        sale = () if first.sale is None else (first.sale, first.sale_limit, first.customer_key)
         fps[hold_id] = fingerprint(
-            first.channel, first.customer, ttls.pop(), sorted(wanted.items())
+            first.channel, first.customer, ttls.pop(), sorted(wanted.items()), *sale
         )
     return fps
 
@@ -219,7 +225,14 @@ def _restore_hold(part: _Partition, event: HoldEventRow, fp: str | None) -> None
         "parts": event.parts,
         "lines": lines,
     }
-    for name, value in (("fp", fp), ("cust", event.customer), ("ref", event.reference)):
+    for name, value in (
+        ("fp", fp),
+        ("cust", event.customer),
+        ("ref", event.reference),
+        ("sale", event.sale),
+        ("lim", event.sale_limit),
+        ("ck", event.customer_key),
+    ):
         if value is not None:
             record[name] = value
     part.holds[event.hold_id] = _encode(record).decode()
@@ -230,6 +243,14 @@ def _restore_hold(part: _Partition, event: HoldEventRow, fp: str | None) -> None
     for sku, location, qty in lines:
         part.stock[f"{sku}:{location}:held"] += qty
         part.stock[f"{sku}:{event.channel}:channel_held"] += qty
+
+
+def _count_toward_limit(part: _Partition, event: HoldEventRow) -> None:
+    """A sale hold's units count toward its customer's limit while held or confirmed
+    (lua/lib.lua `track_limit`)."""
+    if event.state in ("held", "confirmed"):
+        for sku, _, qty in _lines.decode(event.lines):
+            part.stock[f"{sku}:{event.sale}:limit.{event.customer_key}"] += qty
 
 
 async def _claim_op_ids(client: Any, store: Store, parts: list[_Partition], ttl_ms: int) -> None:

@@ -44,6 +44,9 @@ MIGRATIONS = (
     "CREATE INDEX moves_at ON moves (at_ms, id)",
     "ALTER TABLE moves ADD COLUMN pos BIGINT NOT NULL DEFAULT 0",
     "CREATE INDEX moves_order ON moves (at_ms, pos, id)",
+    "ALTER TABLE hold_events ADD COLUMN sale TEXT",
+    "ALTER TABLE hold_events ADD COLUMN sale_limit BIGINT",
+    "ALTER TABLE hold_events ADD COLUMN customer_key TEXT",
 )
 
 
@@ -239,6 +242,17 @@ class Store:
         # SQL ranks by at_ms only, so events tied in one ms let a few holds too many through.
         kept = {row.hold_id for row in latest if row.state == "held" or row.at_ms >= since_ms}
         return [row for row in latest if row.hold_id in kept]
+
+    async def sale_hold_states(self) -> list[HoldEventRow]:
+        """The last event of each part of every flash-sale hold, however old: what the
+        customers' limits count (held and confirmed units) is rebuilt from them."""
+        sql = f"""WITH ranked AS (
+            SELECT {_HOLD_COLUMNS},
+                RANK() OVER (PARTITION BY hold_id, part ORDER BY at_ms DESC) AS r
+            FROM hold_events WHERE sale IS NOT NULL)
+            SELECT {_HOLD_COLUMNS} FROM ranked WHERE r = 1"""
+        rows = [HoldEventRow(*row) for row in await self._fetch(sql)]
+        return _latest(rows, lambda row: (row.hold_id, row.part))
 
     async def placed_hold_events(self, since_ms: int = 0) -> list[HoldEventRow]:
         """The 'placed' event of each part of (at least) the holds latest_hold_events returns.

@@ -12,7 +12,12 @@ import pytest
 from helpers import claim_database, setup_shop
 
 from engine import BufferOverride, Engine, Hold, HoldState, Policy, PolicyKind, StockLevel, keys
-from engine.errors import HoldNotFoundError, IdempotencyConflictError, StockguardError
+from engine.errors import (
+    HoldNotFoundError,
+    IdempotencyConflictError,
+    LimitExceededError,
+    StockguardError,
+)
 from engine.models import Catalog
 from engine.rebuild import KeyspaceNotEmptyError, rebuild
 from engine.reconcile import Drift, reconcile
@@ -312,3 +317,40 @@ async def test_an_operation_retried_after_a_rebuild_is_refused_not_applied_twice
     with pytest.raises(IdempotencyConflictError):
         await engine.receive("A", "wh1", 5, op_id="asn-9")
     assert (await engine.stock("A")).locations[1].on_hand == 5
+
+
+async def test_flash_sale_limits_come_back_with_the_holds(
+    client: Any, redis_url: str, store: Store
+) -> None:
+    engine, writer = await started(client, store)
+    for sku in SKUS:
+        await engine.receive(sku, "wh1", 20)
+    limit = ("drop", 3)
+    kept = await engine.hold("web", {SKUS[0]: 1}, ttl_ms=600_000, customer="a", sale=limit)
+    bought = await engine.hold(
+        "web", {SKUS[0]: 1, SKUS[1]: 2}, ttl_ms=600_000, customer="a", sale=limit
+    )
+    await engine.confirm(bought.id, reference="o-1")
+    released = await engine.hold("web", {SKUS[0]: 1}, ttl_ms=600_000, customer="a", sale=limit)
+    await engine.release(released.id)
+    await engine.hold("web", {SKUS[0]: 3}, ttl_ms=600_000, customer="b", sale=limit)
+    before = {p: await client.hgetall(keys.stock(p)) for p in range(keys.PARTITIONS)}
+    await drain(writer)
+    await claim_database(client, redis_url)  # FLUSHDB: Redis lost its data
+    await rebuild(client, store)
+    after = {p: await client.hgetall(keys.stock(p)) for p in range(keys.PARTITIONS)}
+    limits = {
+        p: {f: v for f, v in fields.items() if ":limit." in f and v != "0"}
+        for p, fields in before.items()
+    }
+    assert limits == {p: {f: v for f, v in after[p].items() if ":limit." in f} for p in after}
+    assert any(limits.values())
+    # The limit still holds, and a sale hold replayed after the rebuild is no conflict.
+    with pytest.raises(LimitExceededError):
+        await engine.hold("web", {SKUS[0]: 2}, ttl_ms=600_000, customer="a", sale=limit)
+    again = await engine.hold(
+        "web", {SKUS[0]: 1}, ttl_ms=600_000, customer="a", sale=limit, hold_id=kept.id
+    )
+    assert again == kept
+    await engine.release(kept.id)  # and releasing a restored sale hold gives its unit back
+    await engine.hold("web", {SKUS[0]: 1}, ttl_ms=600_000, customer="a", sale=limit)
