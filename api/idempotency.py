@@ -14,6 +14,7 @@ also names the engine operation (the hold id or the move's op id, see
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import msgspec
 
@@ -68,7 +69,7 @@ def engine_id(key: str, sku: str | None = None) -> str:
 class Idempotency:
     """Begin/finish records in Redis, one string key per Idempotency-Key."""
 
-    def __init__(self, client: object, ttl_ms: int) -> None:
+    def __init__(self, client: Any, ttl_ms: int) -> None:
         self.client = client
         self.ttl_ms = ttl_ms
 
@@ -78,7 +79,7 @@ class Idempotency:
 
     async def begin(self, key: str, fp: str) -> Stored | None:
         """None if this request is the first with the key; else the first one's record."""
-        raw = await self.client.set(  # type: ignore[attr-defined]
+        raw = await self.client.set(
             self._key(key), _encode(Stored(fp)), nx=True, get=True, px=PENDING_TTL_MS
         )
         if raw is None:
@@ -98,8 +99,8 @@ class Idempotency:
 
     async def finish(self, key: str, fp: str, status: int, body: bytes, content_type: str) -> None:
         stored = Stored(fp, status, body.decode(), content_type)
-        await self.client.set(self._key(key), _encode(stored), px=self.ttl_ms)  # type: ignore[attr-defined]
+        await self.client.set(self._key(key), _encode(stored), px=self.ttl_ms)
 
     async def abandon(self, key: str) -> None:
         """The request failed for a reason a retry may not meet (a 5xx): forget it."""
-        await self.client.delete(self._key(key))  # type: ignore[attr-defined]
+        await self.client.delete(self._key(key))

@@ -90,14 +90,11 @@ class Count(_In):
     reference: Text = ""
 
 
-class Ship(_In):
-    location: Location
-    qty: Qty
-    reference: Text = ""
-    reason: Text = ""
+class Ship(Receive):
+    pass
 
 
-class Cancel(Ship):
+class Cancel(Receive):
     pass
 
 
