@@ -64,8 +64,12 @@ class Producer:
             await self.engine.release(hold.id)
 
 
-async def _start_writer(redis_url: str, ledger_url: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
+async def _start_writer(
+    redis_url: str, ledger_url: str, *, ready: bool = False
+) -> asyncio.subprocess.Process:
+    """A `stockguard writer`; with ready, once it has said so (its SIGTERM handler is set
+    by then, so a SIGTERM stops it cleanly instead of killing it)."""
+    writer = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "engine.cli",
@@ -73,8 +77,13 @@ async def _start_writer(redis_url: str, ledger_url: str) -> asyncio.subprocess.P
         redis_url,
         "writer",
         env={**os.environ, "DATABASE_URL": ledger_url},
-        stdout=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE if ready else asyncio.subprocess.DEVNULL,
     )
+    if ready:
+        assert writer.stdout is not None
+        line = await asyncio.wait_for(writer.stdout.readline(), 30)
+        assert line.startswith(b"writer: outbox -> "), line
+    return writer
 
 
 async def test_killed_writers_lose_and_duplicate_nothing(
@@ -105,7 +114,7 @@ async def test_killed_writers_lose_and_duplicate_nothing(
     kills = await killer
     assert kills >= 5
 
-    final = await _start_writer(redis_url, store.url)
+    final = await _start_writer(redis_url, store.url, ready=True)
     try:
         watcher = Writer(client, store)
         for _ in range(600):
