@@ -43,6 +43,7 @@ RETRY_STATUSES = frozenset({502, 503, 504})
 MAX_RETRY_AFTER_S = 60.0
 _RETRY_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 _BASE_FIELDS = frozenset({"type", "title", "status", "detail", "instance", "request_id"})
+_POLICY_IN = ("kind", "qty", "buffer")  # since_ms is the engine's to stamp
 
 
 # -- errors -------------------------------------------------------------------------------
@@ -373,7 +374,8 @@ class Client:
         self, channel: str, locations: Iterable[str], policy: Policy | None = None
     ) -> Catalog:
         """Adds or replaces a channel: its locations in priority order, its default policy."""
-        body = {"locations": list(locations), "policy": policy or Policy()}
+        p = policy or Policy()
+        body = {"locations": list(locations), "policy": {f: getattr(p, f) for f in _POLICY_IN}}
         return await self._call("PUT", f"/v1/channels/{_seg(channel)}", Catalog, body)
 
     async def define_sku(self, sku: str, *, buffer: int = 0) -> SkuSettings:

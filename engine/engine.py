@@ -24,6 +24,7 @@ from .models import (
     HoldState,
     Record,
 )
+from .orders import OrderOps
 from .stock import StockOps, _check
 
 Lines = Mapping[str, int] | Iterable[tuple[str, int]]
@@ -68,7 +69,7 @@ def _parts(csv: str, home: int) -> list[int]:
     return [home, *others]
 
 
-class Engine(StockOps):
+class Engine(StockOps, OrderOps):
     """Holds and moves over one Redis-compatible client; safe for many concurrent callers."""
 
     # -- holds ---------------------------------------------------------------------------

@@ -66,6 +66,20 @@ class SkuSettingsRow(msgspec.Struct, frozen=True):
     at_ms: int
 
 
+class OversellRow(msgspec.Struct, frozen=True):
+    """A channel oversell: an order line that took `shortfall` units beyond the channel's ATS."""
+
+    id: str  # the order line's record id (one oversell per line at most)
+    sku: str
+    channel: str
+    qty: int
+    ats: int
+    shortfall: int
+    unfilled: int  # of the shortfall, units no location could supply
+    at_ms: int
+    reference: str | None = None
+
+
 class Rows(msgspec.Struct):
     """Everything some outbox entries add to the ledger."""
 
@@ -73,15 +87,18 @@ class Rows(msgspec.Struct):
     hold_events: list[HoldEventRow] = []
     catalog: list[CatalogRow] = []
     sku_settings: list[SkuSettingsRow] = []
+    oversells: list[OversellRow] = []
+
+    def tables(self) -> tuple[list[Any], ...]:
+        """The row lists, in store._TABLES order."""
+        return (self.moves, self.hold_events, self.catalog, self.sku_settings, self.oversells)
 
     def __len__(self) -> int:
-        return len(self.moves) + len(self.hold_events) + len(self.catalog) + len(self.sku_settings)
+        return sum(len(rows) for rows in self.tables())
 
     def extend(self, other: Rows) -> None:
-        self.moves += other.moves
-        self.hold_events += other.hold_events
-        self.catalog += other.catalog
-        self.sku_settings += other.sku_settings
+        for mine, theirs in zip(self.tables(), other.tables(), strict=True):
+            mine += theirs
 
 
 _events = msgspec.json.Decoder(list[dict[str, Any]])
@@ -137,5 +154,7 @@ def _add(
     elif kind == "sku":
         settings = _encode(event["settings"]).decode()
         out.sku_settings.append(SkuSettingsRow(event_id, event["sku"], settings, at_ms))
+    elif kind == "oversell":
+        out.oversells.append(msgspec.convert(event, OversellRow))
     else:
         raise ValueError(f"unknown outbox event type {kind!r}")

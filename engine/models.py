@@ -22,6 +22,9 @@ class Policy(msgspec.Struct, frozen=True):
     kind: PolicyKind = PolicyKind.POOL
     qty: int = 0
     buffer: int = 0
+    # When a cap or fence was set (engine-stamped): the channel's sales count against it
+    # from then on, so a new allocation starts afresh.
+    since_ms: int = 0
 
 
 class Channel(msgspec.Struct, frozen=True):
@@ -112,3 +115,20 @@ class Record(msgspec.Struct, frozen=True):
     lines: list[tuple[str, str, int]] | dict[str, int] = []
     cust: str | None = None
     ref: str | None = None
+
+
+class ChannelSale(msgspec.Struct, frozen=True):
+    """One line of an order a channel took: the units committed for it, where from.
+
+    shortfall > 0 is a channel oversell: the line took that many units beyond the
+    channel's ATS. unfilled of those could not be committed at all (no free units at
+    the channel's locations); the merchant must source or refund them.
+    """
+
+    id: str
+    channel: str
+    order_id: str
+    state: str  # "confirmed", or "cancelled"
+    lines: tuple[HoldLine, ...]
+    shortfall: int = 0
+    unfilled: int = 0

@@ -10,6 +10,9 @@ writes back:
   A part still `held` goes into the `expiry` zset and adds its lines to the
   `held` and `channel_held` counters; any other state goes into `finished`
   with the time of that event.
+- the `sold` counters of cap and fence policies: the channel's sale moves since the
+  policy's since_ms, less its cancel moves (the two clocks, the engine's for since_ms
+  and the server's for moves, must agree to the millisecond around a policy change);
 - each flash-sale customer's limit counters (`<sku>:<sale>:limit.<customer key>`),
   from the last event of every sale hold however old: held and confirmed units count.
 
@@ -66,6 +69,7 @@ from .config import DAY_MS
 from .errors import StockguardError
 from .ids import fingerprint
 from .ledger import HoldEventRow
+from .models import Catalog, Policy, PolicyKind, SkuSettings
 from .store import Store
 
 CHUNK = 1000  # fields or members per command: no single command grows unbounded
@@ -148,6 +152,7 @@ async def rebuild(
         _restore_hold(parts[event.part], event, fps.get(event.hold_id))
     for event in await store.sale_hold_states():
         _count_toward_limit(parts[event.part], event)
+    await _restore_sold(store, parts, catalog.doc if catalog else None)
     for p, part in enumerate(parts):
         await _write(client, p, part, catalog.doc if catalog else None, clear=bool(found))
     return RebuildReport(
@@ -251,6 +256,41 @@ def _count_toward_limit(part: _Partition, event: HoldEventRow) -> None:
     if event.state in ("held", "confirmed"):
         for sku, _, qty in _lines.decode(event.lines):
             part.stock[f"{sku}:{event.sale}:limit.{event.customer_key}"] += qty
+
+
+def _allocations(parts: list[_Partition], catalog: str | None) -> dict[tuple[str, str], int]:
+    """(sku, channel) -> since_ms of every cap or fence policy in force."""
+    defaults: dict[str, Policy] = {}
+    if catalog:
+        defaults = {
+            n: c.policy for n, c in msgspec.json.decode(catalog, type=Catalog).channels.items()
+        }
+    found = {}
+    for part in parts:
+        for sku, raw in part.skus.items():
+            own = msgspec.json.decode(raw, type=SkuSettings).policies
+            for channel, default in defaults.items():
+                policy = own.get(channel, default)
+                if policy.kind in (PolicyKind.CAP, PolicyKind.FENCE):
+                    found[sku, channel] = policy.since_ms
+    return found
+
+
+async def _restore_sold(store: Store, parts: list[_Partition], catalog: str | None) -> None:
+    """The `sold` counters of caps and fences: the channel's sales since its policy was set,
+    less its cancelled orders, never below zero at any step (as lib.lua add_sold counts)."""
+    since = _allocations(parts, catalog)
+    if not since:
+        return
+    sold: dict[tuple[str, str], int] = defaultdict(int)
+    for sku, channel, delta, at_ms in await store.channel_sales(min(since.values())):
+        start = since.get((sku, channel))
+        if start is not None and at_ms >= start:
+            sold[sku, channel] = max(0, sold[sku, channel] + delta)
+    for (sku, channel), units in sold.items():
+        fields = parts[keys.partition_of(sku)].stock
+        fields[f"{sku}:{channel}:sold"] = units
+        fields[f"{sku}:{channel}:sold_since"] = since[sku, channel]
 
 
 async def _claim_op_ids(client: Any, store: Store, parts: list[_Partition], ttl_ms: int) -> None:

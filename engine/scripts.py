@@ -33,6 +33,7 @@ NAMES = (
     "stock",
     "ats",
     "sweep",
+    "order",
     "sale_join",
     "sale_poll",
     "sale_use",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgspec
@@ -54,7 +55,9 @@ def _policy(policy: Policy) -> Policy:
     high = 100 if kind is PolicyKind.CAP_PCT else validate.MAX_QTY
     validate.integer("policy.qty", policy.qty, 0, high)
     validate.integer("policy.buffer", policy.buffer, 0, validate.MAX_QTY)
-    return policy
+    if kind in (PolicyKind.CAP, PolicyKind.FENCE):
+        return msgspec.structs.replace(policy, since_ms=time.time_ns() // 1_000_000)
+    return msgspec.structs.replace(policy, since_ms=0)
 
 
 class StockOps:

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 import msgspec
 
-from .ledger import CatalogRow, HoldEventRow, MoveRow, Rows, SkuSettingsRow
+from .ledger import CatalogRow, HoldEventRow, MoveRow, OversellRow, Rows, SkuSettingsRow
 
 DEFAULT_URL = "sqlite:///./stockguard-data/ledger.db"
 
@@ -47,6 +47,10 @@ MIGRATIONS = (
     "ALTER TABLE hold_events ADD COLUMN sale TEXT",
     "ALTER TABLE hold_events ADD COLUMN sale_limit BIGINT",
     "ALTER TABLE hold_events ADD COLUMN customer_key TEXT",
+    """CREATE TABLE oversells (
+        id TEXT PRIMARY KEY, sku TEXT NOT NULL, channel TEXT NOT NULL, qty BIGINT NOT NULL,
+        ats BIGINT NOT NULL, shortfall BIGINT NOT NULL, unfilled BIGINT NOT NULL,
+        at_ms BIGINT NOT NULL, reference TEXT)""",
 )
 
 
@@ -66,6 +70,7 @@ _TABLES: tuple[tuple[str, type[msgspec.Struct]], ...] = (
     ("hold_events", HoldEventRow),
     ("catalog", CatalogRow),
     ("sku_settings", SkuSettingsRow),
+    ("oversells", OversellRow),
 )
 
 
@@ -78,7 +83,7 @@ def insert_sql(table: str, row_type: type[msgspec.Struct], mark: str) -> str:
 
 def _statements(rows: Rows, mark: str) -> list[tuple[str, list[tuple[Any, ...]]]]:
     """(INSERT, parameter tuples) for each table that has rows."""
-    batches: tuple[list[Any], ...] = (rows.moves, rows.hold_events, rows.catalog, rows.sku_settings)
+    batches = rows.tables()
     return [
         (insert_sql(table, row_type, mark), [msgspec.structs.astuple(r) for r in batch])
         for (table, row_type), batch in zip(_TABLES, batches, strict=True)
@@ -195,6 +200,24 @@ class Store:
         order = "ORDER BY at_ms, pos, id"  # commit order within a partition
         sql = f"SELECT {names} FROM moves WHERE {' AND '.join(where)} {order} LIMIT ?"
         return [MoveRow(*row) for row in await self._fetch(sql, (*params, limit))]
+
+    async def oversells(self, since_ms: int = 0) -> list[OversellRow]:
+        """Channel oversells recorded since since_ms, oldest first."""
+        columns = ", ".join(f.name for f in msgspec.structs.fields(OversellRow))
+        rows = await self._fetch(
+            f"SELECT {columns} FROM oversells WHERE at_ms >= ? ORDER BY at_ms, id", (since_ms,)
+        )
+        return [OversellRow(*row) for row in rows]
+
+    async def channel_sales(self, since_ms: int) -> list[tuple[str, str, int, int]]:
+        """(sku, channel, committed_delta, at_ms) of channels' sale and cancel moves since
+        since_ms, in commit order."""
+        found = await self._fetch(
+            "SELECT sku, channel, committed_delta, at_ms FROM moves WHERE at_ms >= ? "
+            "AND channel IS NOT NULL AND kind IN ('sale', 'cancel') ORDER BY at_ms, pos, id",
+            (since_ms,),
+        )
+        return [(sku, channel, int(delta), int(at)) for sku, channel, delta, at in found]
 
     async def stock_totals(self, sku: str | None = None) -> list[tuple[str, str, int, int]]:
         """(sku, location, on_hand, committed) summed over every move, of one SKU or all."""

@@ -11,6 +11,7 @@ expire_due(-1)
 local function commit(rec, actor)
   for _, l in ipairs(rec.lines) do
     add(l[1], l[2], 'committed', l[3])
+    add_sold(l[1], rec.ch, l[3])
     move({ id = rec.id .. ':sale:' .. l[1] .. '@' .. l[2], kind = 'sale', sku = l[1],
            location = l[2], qty = l[3], on_hand_delta = 0, committed_delta = l[3],
            channel = rec.ch, reference = rec.ref, actor = actor, hold_id = rec.id })

@@ -149,6 +149,33 @@ local function free_at(sku, location)
   return v
 end
 
+-- Units the channel sold of the SKU under its current policy: the fields "sku:channel:sold"
+-- and "sku:channel:sold_since" (the policy's since_ms when they were counted). Sales under an
+-- earlier policy do not count against a new allocation.
+local function sold_by(sku, channel, p)
+  local f = sku .. ':' .. channel .. ':'
+  local v = redis.call('HMGET', K.stock, f .. 'sold', f .. 'sold_since')
+  local since = (tonumber(v[2]) or 0) + (counters[f .. 'sold_since'] or 0)
+  local sold = (tonumber(v[1]) or 0) + (counters[f .. 'sold'] or 0)
+  return since == (p.since_ms or 0) and sold or 0, sold, since
+end
+
+-- Counts qty units (negative: given back) as sold by the channel under its current policy.
+local function add_sold(sku, channel, qty)
+  local p = policy_of(sku_settings(sku), channel)
+  if p.kind ~= 'cap' and p.kind ~= 'fence' then return end
+  local current, stored, since = sold_by(sku, channel, p)
+  local f = sku .. ':' .. channel .. ':'
+  local target = math.max(0, current + qty)
+  counters[f .. 'sold'] = (counters[f .. 'sold'] or 0) + target - stored
+  counters[f .. 'sold_since'] = (counters[f .. 'sold_since'] or 0) + (p.since_ms or 0) - since
+end
+
+-- What a cap or a fence has used up: the channel's live holds and its sales under the policy.
+local function taken(sku, channel, p)
+  return channel_held(sku, channel) + sold_by(sku, channel, p)
+end
+
 -- ATS(channel, sku): the formula is written out in README.md ("Available to sell").
 -- Also returns each location's available units, for allocate().
 local function ats(sku, st, channel)
@@ -161,17 +188,17 @@ local function ats(sku, st, channel)
   for name, _ in pairs(cat.channels) do
     local p = policy_of(st, name)
     if name ~= channel and p.kind == 'fence' then
-      pool = pool - math.max(0, p.qty - channel_held(sku, name))
+      pool = pool - math.max(0, p.qty - taken(sku, name, p))
     end
   end
   local p = policy_of(st, channel)
   local limit = pool
   if p.kind ~= 'pool' then
-    local mine = channel_held(sku, channel)
     if p.kind == 'cap_pct' then
+      local mine = channel_held(sku, channel)
       limit = math.min(pool, math.floor(p.qty * (pool + mine) / 100) - mine)
-    else -- 'cap' and 'fence' both stop at qty units held by this channel
-      limit = math.min(pool, p.qty - mine)
+    else -- 'cap' and 'fence' both stop once the channel has held or sold qty units
+      limit = math.min(pool, p.qty - taken(sku, channel, p))
     end
   end
   limit = limit - (p.buffer or 0)

@@ -55,6 +55,7 @@ class Model:
     policies: dict[tuple[str, str], Policy] = field(default_factory=dict)  # per-SKU overrides
     on_hand: dict[tuple[str, str], int] = field(default_factory=dict)
     committed: dict[tuple[str, str], int] = field(default_factory=dict)
+    sold: dict[tuple[str, str], int] = field(default_factory=dict)  # (sku, channel) confirmed
     holds: dict[str, Hold] = field(default_factory=dict)
     refused: dict[str, StockguardError] = field(default_factory=dict)  # hold id -> refusal
     hold_payloads: dict[str, Any] = field(default_factory=dict)  # hold id -> payload
@@ -87,18 +88,23 @@ class Model:
         on_hand, committed = self.on_hand.get(key, 0), self.committed.get(key, 0)
         return Level(location, on_hand, committed, self.held(sku, location), self.free(*key))
 
+    def taken(self, sku: str, channel: str) -> int:
+        """What a cap or fence has used up: live holds and confirmed sales (policies here
+        are set before any sale, so every sale counts)."""
+        return self.held_by(sku, channel) + self.sold.get((sku, channel), 0)
+
     def ats(self, channel: str, sku: str) -> int:
         pool = sum(self.free(sku, loc) for loc in self.channels[channel][0]) - self.buffers[sku]
         for other in self.channels:
             fence = self.policy(sku, other)
             if other != channel and fence.kind == "fence":
-                pool -= max(0, fence.qty - self.held_by(sku, other))
+                pool -= max(0, fence.qty - self.taken(sku, other))
         p, mine = self.policy(sku, channel), self.held_by(sku, channel)
         limit = pool
         if p.kind == "cap_pct":
             limit = min(pool, p.qty * (pool + mine) // 100 - mine)
         elif p.kind in ("cap", "fence"):
-            limit = min(pool, p.qty - mine)
+            limit = min(pool, p.qty - self.taken(sku, channel))
         return max(0, limit - p.buffer)
 
     # -- time ----------------------------------------------------------------------------
@@ -168,6 +174,7 @@ class Model:
             self._reallocate(h)
         for sku, location, qty in h.lines:
             self.committed[sku, location] = self.committed.get((sku, location), 0) + qty
+            self.sold[sku, h.channel] = self.sold.get((sku, h.channel), 0) + qty
         h.state = "confirmed"
         return h
 

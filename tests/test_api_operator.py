@@ -9,7 +9,7 @@ from helpers import Api, moves_of
 
 from engine.writer import Writer
 
-POOL = {"kind": "pool", "qty": 0, "buffer": 0}
+POOL = {"kind": "pool", "qty": 0, "buffer": 0, "since_ms": 0}
 
 
 def ok(r: httpx.Response, status: int = 200) -> Any:
@@ -56,9 +56,12 @@ async def test_catalog_is_built_over_http(api: Api) -> None:
     capped = {"kind": "cap", "qty": 3, "buffer": 1}
     ebay = {"locations": ["wh2", "wh1"], "policy": capped}
     catalog = ok(await http.put("/v1/channels/ebay", json=ebay))
+    assert catalog["channels"]["ebay"]["policy"].pop("since_ms") > 0  # stamped by the engine
     assert catalog["channels"]["ebay"] == {"name": "ebay", **ebay}
     assert catalog["channels"]["web"] == web["channels"]["web"]  # others are kept
-    assert ok(await http.get("/v1/catalog", headers=api.auth("read-only"))) == catalog
+    read = ok(await http.get("/v1/catalog", headers=api.auth("read-only")))
+    read["channels"]["ebay"]["policy"].pop("since_ms")
+    assert read == catalog
 
     replaced = ok(await http.put("/v1/channels/web", json={"locations": ["wh2"]}))
     assert replaced["channels"]["web"]["locations"] == ["wh2"]
@@ -95,6 +98,7 @@ async def test_a_channel_policy_is_set_and_removed(api_shop: Api) -> None:
     http = api_shop.http
     ok(await http.post("/v1/stock/A/receive", json={"location": "wh1", "qty": 10}))
     settings = ok(await http.put("/v1/skus/A/policies/web", json={"kind": "cap", "qty": 3}))
+    assert settings["policies"]["web"].pop("since_ms") > 0
     assert settings == {"policies": {"web": {"kind": "cap", "qty": 3, "buffer": 0}}}
     assert (await stock(api_shop, "A"))["ats"] == {"amazon": 10, "pos": 0, "web": 3}
     hold = {"channel": "web", "lines": [{"sku": "A", "qty": 4}]}
@@ -102,11 +106,13 @@ async def test_a_channel_policy_is_set_and_removed(api_shop: Api) -> None:
     assert refused.status_code == 409 and refused.json()["available"] == 3
 
     settings = ok(await http.put("/v1/skus/A/policies/amazon", json={"buffer": 2}))
-    assert settings["policies"]["amazon"] == {"kind": "pool", "qty": 0, "buffer": 2}
+    assert settings["policies"]["amazon"] == {"kind": "pool", "qty": 0, "buffer": 2, "since_ms": 0}
     assert (await stock(api_shop, "A"))["ats"] == {"amazon": 8, "pos": 0, "web": 3}
 
     settings = ok(await http.delete("/v1/skus/A/policies/web"))
-    assert settings == {"policies": {"amazon": {"kind": "pool", "qty": 0, "buffer": 2}}}
+    assert settings == {
+        "policies": {"amazon": {"kind": "pool", "qty": 0, "buffer": 2, "since_ms": 0}}
+    }
     assert (await stock(api_shop, "A"))["ats"] == {"amazon": 8, "pos": 0, "web": 10}
     ok(await http.post("/v1/holds", json=hold, headers=api_shop.auth("checkout")), 201)
 

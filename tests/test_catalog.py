@@ -20,6 +20,11 @@ from engine.models import BufferOverride, Catalog, Channel, SkuSettings
 CAP3 = Policy(PolicyKind.CAP, qty=3, buffer=1)
 
 
+def stamp(policy: Policy, like: Policy) -> Policy:
+    """The policy with the since_ms the engine gave `like`."""
+    return msgspec.structs.replace(policy, since_ms=like.since_ms)
+
+
 async def partition_copies(client: Any) -> list[Catalog]:
     raws = [await client.get(keys.partition_keys(p)[0]) for p in range(keys.PARTITIONS)]
     return [msgspec.json.decode(raw, type=Catalog) for raw in raws]
@@ -32,7 +37,9 @@ async def test_catalog_returns_what_was_defined_with_rising_versions(engine: Eng
     third = await engine.define_channel("web", ["store", "wh1"], CAP3)
     assert 0 < first.version < second.version < third.version
     assert third.locations.keys() == {"wh1", "store"}
-    assert third.channels == {"web": Channel("web", ("store", "wh1"), CAP3)}
+    stamped = third.channels["web"].policy
+    assert stamped.since_ms > 0  # the engine stamps when a cap or fence starts counting
+    assert third.channels == {"web": Channel("web", ("store", "wh1"), stamp(CAP3, stamped))}
     assert await engine.catalog() == third
     replaced = await engine.define_channel("web", ["wh1"])
     assert replaced.channels["web"] == Channel("web", ("wh1",), Policy())
@@ -83,12 +90,14 @@ async def test_bad_names_are_refused(engine: Engine, name: Any) -> None:
 async def test_sku_settings_policies_and_overrides(shop: Engine) -> None:
     assert await shop.define_sku("D", buffer=2) == SkuSettings(buffer=2)
     with_policy = await shop.set_policy("D", "web", CAP3)
-    assert with_policy == SkuSettings(buffer=2, policies={"web": CAP3})
+    cap3 = with_policy.policies["web"]
+    assert cap3 == stamp(CAP3, cap3) and cap3.since_ms > 0
+    assert with_policy == SkuSettings(buffer=2, policies={"web": cap3})
     window = BufferOverride(start_ms=1_000, end_ms=2_000, qty=7)
     with_override = await shop.set_buffer_override("D", window)
-    assert with_override == SkuSettings(buffer=2, override=window, policies={"web": CAP3})
+    assert with_override == SkuSettings(buffer=2, override=window, policies={"web": cap3})
     redefined = await shop.define_sku("D", buffer=4)
-    assert redefined == SkuSettings(buffer=4, override=window, policies={"web": CAP3})
+    assert redefined == SkuSettings(buffer=4, override=window, policies={"web": cap3})
     assert await shop.set_policy("D", "web", None) == SkuSettings(buffer=4, override=window)
     assert await shop.set_buffer_override("D", None) == SkuSettings(buffer=4)
     assert (await shop.stock("D")).settings == SkuSettings(buffer=4)

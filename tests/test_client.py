@@ -105,7 +105,9 @@ async def test_operator_calls_and_paged_moves(api: Api) -> None:
         assert isinstance(catalog, Catalog) and set(catalog.locations) == {"wh1", "wh2"}
         catalog = await ops.define_channel("web", ["wh1", "wh2"], Policy(PolicyKind.CAP, 50))
         assert catalog.channels["web"].locations == ("wh1", "wh2")
-        assert catalog.channels["web"].policy == Policy(PolicyKind.CAP, 50)
+        policy = catalog.channels["web"].policy
+        assert (policy.kind, policy.qty, policy.buffer) == (PolicyKind.CAP, 50, 0)
+        assert policy.since_ms > 0
         assert await ops.catalog() == catalog
         assert await ops.define_sku("A", buffer=1) == SkuSettings(buffer=1)
         assert await ops.define_sku("A") == SkuSettings()
