@@ -99,7 +99,10 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("cluster", help="run a local 3-master cluster in the foreground")
     from api import cli as api_cli  # the composition root: the API's commands join here
 
+    from . import feeds
+
     api_cli.add_commands(commands)
+    feeds.add_commands(commands)
     return parser
 
 
@@ -111,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from api import cli as api_cli
 
         return api_cli.run(args, settings)
+    if args.command == "feed":
+        return asyncio.run(_feed(settings, args))
     if args.command == "demo":
         from .demo import demo
 
@@ -138,6 +143,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         _foreground(settings, cluster=args.command == "cluster")
     return 0
+
+
+async def _feed(settings: Settings, args: argparse.Namespace) -> int:
+    from . import feeds
+
+    async with open_engine(settings) as engine:
+        return await feeds.run(args, engine)
 
 
 def _stop_on_signals() -> asyncio.Event:
