@@ -56,7 +56,7 @@ class TokenBucket:
     def pause(self, seconds: float) -> None:
         """The platform said Retry-After: spend the bank and start refilling after it."""
         if self.rate is not None:
-            self.tokens = min(self.tokens, 0.0) - seconds * self.rate
+            self.tokens = min(self.tokens, -seconds * self.rate)  # concurrent 429s don't stack
 
 
 RateLimiter = TokenBucket
