@@ -7,7 +7,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -19,6 +19,9 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from engine.channels.base import ChannelConfig
+from engine.channels.inbound import Inbox
+from engine.channels.worker import connectors as channel_connectors
 from engine.config import Settings
 from engine.connect import connect
 from engine.engine import Engine
@@ -26,7 +29,7 @@ from engine.ids import new_id
 from engine.sales import Sales
 from engine.store import Store
 
-from . import openapi, problems
+from . import openapi, problems, webhooks
 from .auth import Keys
 from .endpoint import JSON, endpoint
 from .idempotency import Idempotency
@@ -117,7 +120,8 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     state = request.app.state
-    return Response(await state.metrics.render(state.engine.client), media_type=CONTENT_TYPE)
+    body = await state.metrics.render(state.engine.client, state.store, tuple(state.connectors))
+    return Response(body, media_type=CONTENT_TYPE)
 
 
 def _routes(document: dict[str, Any]) -> list[BaseRoute]:
@@ -145,6 +149,7 @@ def _routes(document: dict[str, Any]) -> list[BaseRoute]:
     ]
     return [
         *routes,
+        Route("/v1/webhooks/{channel}", webhooks.receive, methods=["POST", "GET"]),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
@@ -169,6 +174,7 @@ def create_app(
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
     access_log: bool = True,
+    channels: Sequence[ChannelConfig] = (),
 ) -> Starlette:
     """The HTTP API over the engine at settings.redis_url and the ledger at ledger_url."""
     if settings.redis_url is None:
@@ -190,9 +196,12 @@ def create_app(
             await app.state.keys.load()
             app.state.idempotency = Idempotency(client, settings.idempotency_ttl_ms)
             app.state.sales = Sales(engine)
+            app.state.inbox = Inbox(engine)
             reload = asyncio.create_task(app.state.keys.reload_forever())
             try:
-                yield
+                async with channel_connectors(list(channels)) as connected:
+                    app.state.connectors = connected
+                    yield
             finally:
                 reload.cancel()
         finally:

@@ -29,8 +29,16 @@ class _Snapshot:
 
     def __init__(self) -> None:
         self.values: dict[str, float] = {}
+        # Per-channel samples: (metric, help, gauge or counter) -> {channel: value}
+        self.channels: dict[tuple[str, str, str], dict[str, float]] = {}
 
     def collect(self) -> Iterator[Metric]:
+        for (name, text, kind), by_channel in self.channels.items():
+            family_type = GaugeMetricFamily if kind == "gauge" else CounterMetricFamily
+            family = family_type(name, text, labels=["channel"])
+            for channel, value in sorted(by_channel.items()):
+                family.add_metric([channel], value)
+            yield family
         v = self.values
         pending = GaugeMetricFamily(
             "stockguard_writer_lag_entries", "Outbox entries not yet in the SQL ledger"
@@ -68,6 +76,12 @@ class Metrics:
             ["action", "outcome"],
             registry=self.registry,
         )
+        self.webhooks = Counter(
+            "stockguard_channel_webhooks",
+            "Channel webhook deliveries by outcome (accepted, duplicate, bad-signature, ...)",
+            ["channel", "outcome"],
+            registry=self.registry,
+        )
         self._snapshot = _Snapshot()
         self._holds: dict[tuple[str, str], Any] = {}
         self._requests: dict[tuple[str, str, int], Any] = {}
@@ -85,9 +99,15 @@ class Metrics:
             self._requests[method, route, status] = child
         child.observe(time.perf_counter() - started)
 
-    async def render(self, client: Any) -> bytes:
-        """The exposition text, with writer lag and sweeper totals read from Redis now."""
+    def webhook(self, channel: str, outcome: str) -> None:
+        self.webhooks.labels(channel, outcome).inc()
+
+    async def render(self, client: Any, store: Any = None, channels: tuple[str, ...] = ()) -> bytes:
+        """The exposition text, with writer lag, sweeper totals, channel sync state (from
+        Redis) and channel oversells (from the ledger) read now."""
         from engine.writer import Writer
+
+        self._snapshot.channels = await _channel_samples(client, store, channels)
 
         stats = await client.hgetall(SWEEPER_STATS)
         values = {"runs": float(stats.get("runs", 0)), "settled": float(stats.get("settled", 0))}
@@ -118,3 +138,36 @@ async def record_sweep(client: Any, settled: int) -> None:
         if settled:
             pipe.hincrby(SWEEPER_STATS, "settled", settled)
         await pipe.execute()
+
+
+_SYNC = (  # stats field of the sync worker -> (metric, help, type, scale)
+    ("backlog", "stockguard_channel_sync_backlog", "Values waiting to be pushed", "gauge", 1.0),
+    ("lag_ms", "stockguard_channel_sync_lag_seconds",
+     "From a stock change to the channel accepting it, last push", "gauge", 0.001),
+    ("last_push_ms", "stockguard_channel_last_push_timestamp_seconds",
+     "When the channel last accepted a value", "gauge", 0.001),
+    ("pushes", "stockguard_channel_pushes", "Values the channel accepted", "counter", 1.0),
+    ("failures", "stockguard_channel_push_failures", "Values the channel refused", "counter", 1.0),
+)  # fmt: skip
+
+
+async def _channel_samples(
+    client: Any, store: Any, channels: tuple[str, ...]
+) -> dict[tuple[str, str, str], dict[str, float]]:
+    from engine.channels.sync import stats_key
+
+    samples: dict[tuple[str, str, str], dict[str, float]] = {}
+    for channel in channels:
+        stats = await client.hgetall(stats_key(channel))
+        for field, name, text, kind, scale in _SYNC:
+            samples.setdefault((name, text, kind), {})[channel] = float(stats.get(field, 0)) * scale
+    if store is not None:
+        count = ("stockguard_channel_oversells", "Order lines sold beyond the channel's ATS",
+                 "counter")  # fmt: skip
+        units = ("stockguard_channel_oversold_units", "Units sold beyond the channel's ATS",
+                 "counter")  # fmt: skip
+        samples[count], samples[units] = {}, {}
+        for channel, lines, shortfall in await store.oversell_totals():
+            samples[count][channel] = float(lines)
+            samples[units][channel] = float(shortfall)
+    return samples

@@ -20,14 +20,16 @@ import signal
 import socket
 import threading
 import tomllib
-from collections.abc import Iterator
-from dataclasses import dataclass, fields, replace
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import uvicorn
 
+from engine.channels.base import ChannelConfig
+from engine.channels.registry import ConfigError, channel_configs
 from engine.config import Settings, tune_gc
 from engine.embedded import EmbeddedValkey
 from engine.store import Store
@@ -58,6 +60,14 @@ class Options:
     sweeper: bool = True
     log_level: str = "info"
     access_log: bool = True
+    sync: bool = True
+    resync_interval_s: int = 60
+    # The [channels.<name>] tables of the config file (engine/channels/registry.py).
+    channels: dict[str, Any] = field(default_factory=dict)
+    config_dir: str = "."  # where listings_csv paths are relative to
+
+    def channel_configs(self) -> list[ChannelConfig]:
+        return channel_configs(self.channels, Path(self.config_dir))
 
     def settings(self) -> Settings:
         return Settings(
@@ -88,7 +98,10 @@ HELP = {
     "sweeper": "run the expiry sweeper in this serve",
     "log_level": "debug, info, warning or error",
     "access_log": "log one JSON line per request",
+    "sync": "run the channel worker (inbound orders, outbound sync) in this serve",
+    "resync_interval_s": "how often the channel worker re-reads every listed SKU",
 }
+_FILE_ONLY = ("channels", "config_dir")  # tables of the config file, not flags
 ENV = {"redis_url": "REDIS_URL", "database_url": "DATABASE_URL"}
 
 
@@ -103,6 +116,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # SUPPRESS: a flag not given leaves no None behind that would hide `stockguard
     # --data-dir D serve` (the main parser's --data-dir, --redis-url, --appendfsync).
     for f in fields(Options):
+        if f.name in _FILE_ONLY:
+            continue
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{HELP[f.name]} [${_env_name(f.name)}; default {f.default}]"
         common: dict[str, Any] = {"help": help_text, "default": argparse.SUPPRESS}
@@ -120,7 +135,10 @@ def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
     if config:
         with open(config, "rb") as file:
             values.update({k.replace("-", "_"): v for k, v in tomllib.load(file).items()})
+        values["config_dir"] = str(Path(config).resolve().parent)
     for f in fields(Options):
+        if f.name in _FILE_ONLY:
+            continue
         if (raw := environ.get(_env_name(f.name))) is not None and raw != "":
             values[f.name] = raw.lower() in ("1", "true", "yes", "on") if f.type == "bool" else raw
         if (flag := getattr(args, f.name, None)) is not None:
@@ -129,9 +147,11 @@ def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
     if unknown:
         raise SystemExit(f"serve: unknown settings in {config}: {', '.join(sorted(unknown))}")
     try:
-        return msgspec.convert(values, Options, strict=False)
-    except msgspec.ValidationError as error:
+        options = msgspec.convert(values, Options, strict=False)
+        options.channel_configs()  # a bad [channels.*] table stops serve before it starts
+    except (msgspec.ValidationError, ConfigError) as error:
         raise SystemExit(f"serve: bad setting: {error}") from None
+    return options
 
 
 def worker_app() -> Any:
@@ -142,7 +162,10 @@ def worker_app() -> Any:
     logs.configure(options.log_level)
     tune_gc()
     return create_app(
-        options.settings(), max_body_bytes=options.max_body_bytes, access_log=options.access_log
+        options.settings(),
+        max_body_bytes=options.max_body_bytes,
+        access_log=options.access_log,
+        channels=options.channel_configs(),
     )
 
 
@@ -211,22 +234,19 @@ async def _run_background(options: Options, parent: int) -> None:
                 await asyncio.wait_for(stop.wait(), options.sweep_interval_ms / 1000)
 
     writer = Writer(client, store)
+    configs = options.channel_configs()
 
-    async def write() -> None:
-        # The writer retries ledger outages itself; anything else (Redis away, a bug) is
-        # logged and the writer starts again, so the ledger never silently stops.
-        while not stop.is_set():
-            try:
-                await writer.run(stop, report_every_s=10)
-            except Exception:
-                log.exception("writer failed; starting again in 1 s")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
+    async def channels(stop: asyncio.Event) -> None:
+        from engine.channels import worker
+
+        await worker.run(engine, configs, stop, resync_interval_s=options.resync_interval_s)
 
     try:
         tasks = [sweep()] if options.sweeper else []
         if options.writer:
-            tasks.append(write())
+            tasks.append(_restarting("writer", lambda s: writer.run(s, report_every_s=10), stop))
+        if options.sync and configs:
+            tasks.append(_restarting("channel worker", channels, stop))
         await asyncio.gather(*tasks)
         if options.writer:
             drained = await writer.drain()
@@ -234,6 +254,23 @@ async def _run_background(options: Options, parent: int) -> None:
     finally:
         await store.close()
         await client.aclose()
+
+
+async def _restarting(
+    name: str, run: Callable[[asyncio.Event], Awaitable[None]], stop: asyncio.Event
+) -> None:
+    """Runs a background loop until stop; after an unexpected error (Redis away, a bug) it
+    is logged and the loop starts again, so the writer or the sync never silently stops.
+    The writer retries ledger outages itself."""
+    import logging
+
+    while not stop.is_set():
+        try:
+            await run(stop)
+        except Exception:
+            logging.getLogger("stockguard.serve").exception("%s failed; again in 1 s", name)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
 
 
 def _stop_if_orphaned(stop: asyncio.Event, parent: int) -> None:
@@ -288,7 +325,7 @@ def serve(argv_options: Options) -> int:
     try:
         key = asyncio.run(_first_key(options.settings()))
         encoded = msgspec.json.encode(options)
-        if options.writer or options.sweeper:
+        if options.writer or options.sweeper or (options.sync and options.channels):
             spawn = multiprocessing.get_context("spawn")
             background = spawn.Process(
                 target=_background, args=(encoded, os.getpid()), name="stockguard-background"

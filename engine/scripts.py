@@ -38,6 +38,7 @@ NAMES = (
     "sale_poll",
     "sale_use",
     "sale_mark",
+    "inbox_accept",
 )
 
 
@@ -45,10 +46,14 @@ NAMES = (
 def source(name: str) -> str:
     """The full text of one script: the shared prelude, then the script itself.
 
-    The sale_* scripts (one flash sale's admission queue) have a prelude of their own.
+    The sale_* scripts (one flash sale's admission queue) have a prelude of their own;
+    the inbox_* scripts (channel deliveries) need none.
     """
+    script = (LUA_DIR / f"{name}.lua").read_text()
+    if name.startswith("inbox_"):
+        return script
     lib = (LUA_DIR / ("sale_lib.lua" if name.startswith("sale_") else "lib.lua")).read_text()
-    return f"{lib}\n{(LUA_DIR / f'{name}.lua').read_text()}"
+    return f"{lib}\n{script}"
 
 
 class Scripts:

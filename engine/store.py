@@ -209,6 +209,13 @@ class Store:
         )
         return [OversellRow(*row) for row in rows]
 
+    async def oversell_totals(self) -> list[tuple[str, int, int]]:
+        """(channel, order lines oversold, units short) over the whole ledger."""
+        found = await self._fetch(
+            "SELECT channel, COUNT(*), SUM(shortfall) FROM oversells GROUP BY channel"
+        )
+        return [(channel, int(n), int(units)) for channel, n, units in found]
+
     async def channel_sales(self, since_ms: int) -> list[tuple[str, str, int, int]]:
         """(sku, channel, committed_delta, at_ms) of channels' sale and cancel moves since
         since_ms, in commit order."""
