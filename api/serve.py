@@ -29,9 +29,11 @@ import msgspec
 import uvicorn
 
 from engine.channels.base import ChannelConfig
+from engine.channels.rebalance import RebalanceConfig, Rebalancer
 from engine.channels.registry import ConfigError, channel_configs
 from engine.config import Settings, tune_gc
 from engine.embedded import EmbeddedValkey
+from engine.errors import ValidationError
 from engine.store import Store
 
 from . import logs
@@ -64,6 +66,7 @@ class Options:
     resync_interval_s: int = 60
     # The [channels.<name>] tables of the config file (engine/channels/registry.py).
     channels: dict[str, Any] = field(default_factory=dict)
+    rebalance: dict[str, Any] = field(default_factory=dict)  # [rebalance]: see rebalance.py
     config_dir: str = "."  # where listings_csv paths are relative to
 
     def channel_configs(self) -> list[ChannelConfig]:
@@ -101,7 +104,7 @@ HELP = {
     "sync": "run the channel worker (inbound orders, outbound sync) in this serve",
     "resync_interval_s": "how often the channel worker re-reads every listed SKU",
 }
-_FILE_ONLY = ("channels", "config_dir")  # tables of the config file, not flags
+_FILE_ONLY = ("channels", "rebalance", "config_dir")  # tables of the config file, not flags
 ENV = {"redis_url": "REDIS_URL", "database_url": "DATABASE_URL"}
 
 
@@ -149,7 +152,9 @@ def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
     try:
         options = msgspec.convert(values, Options, strict=False)
         options.channel_configs()  # a bad [channels.*] table stops serve before it starts
-    except (msgspec.ValidationError, ConfigError) as error:
+        if options.rebalance:
+            msgspec.convert(options.rebalance, RebalanceConfig)
+    except (msgspec.ValidationError, ConfigError, ValidationError) as error:
         raise SystemExit(f"serve: bad setting: {error}") from None
     return options
 
@@ -247,6 +252,11 @@ async def _run_background(options: Options, parent: int) -> None:
             tasks.append(_restarting("writer", lambda s: writer.run(s, report_every_s=10), stop))
         if options.sync and configs:
             tasks.append(_restarting("channel worker", channels, stop))
+        if options.rebalance:
+            rebalancer = Rebalancer(
+                engine, store, msgspec.convert(options.rebalance, RebalanceConfig)
+            )
+            tasks.append(_restarting("rebalancer", rebalancer.run, stop))
         await asyncio.gather(*tasks)
         if options.writer:
             drained = await writer.drain()
@@ -325,7 +335,7 @@ def serve(argv_options: Options) -> int:
     try:
         key = asyncio.run(_first_key(options.settings()))
         encoded = msgspec.json.encode(options)
-        if options.writer or options.sweeper or (options.sync and options.channels):
+        if options.writer or options.sweeper or options.rebalance or options.channels:
             spawn = multiprocessing.get_context("spawn")
             background = spawn.Process(
                 target=_background, args=(encoded, os.getpid()), name="stockguard-background"

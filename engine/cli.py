@@ -100,9 +100,11 @@ def _parser() -> argparse.ArgumentParser:
     from api import cli as api_cli  # the composition root: the API's commands join here
 
     from . import feeds
+    from .channels import cli as channels_cli
 
     api_cli.add_commands(commands)
     feeds.add_commands(commands)
+    channels_cli.add_commands(commands)
     return parser
 
 
@@ -114,8 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from api import cli as api_cli
 
         return api_cli.run(args, settings)
-    if args.command == "feed":
-        return asyncio.run(_feed(settings, args))
+    if args.command in ("feed", "sync", "simulate", "rebalance"):
+        return _channels(args, settings)
     if args.command == "demo":
         from .demo import demo
 
@@ -143,6 +145,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         _foreground(settings, cluster=args.command == "cluster")
     return 0
+
+
+def _channels(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "feed":
+        return asyncio.run(_feed(settings, args))
+    from .channels import cli as channels_cli
+
+    return channels_cli.run(args, settings)
 
 
 async def _feed(settings: Settings, args: argparse.Namespace) -> int:
