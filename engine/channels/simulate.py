@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from .amazon import PLANS as AMAZON_PLANS
 from .base import ChannelConfig, Listing, Platform
 from .registry import simulator_class
 from .sim.base import Simulator, serving
@@ -60,6 +61,22 @@ def _secrets(platform: Platform) -> tuple[dict[str, str], dict[str, Any]]:
     return {"secret": secrets.token_hex(16)}, {}
 
 
+_HUGE = 1e9
+
+
+def lifted(platform: Platform) -> dict[str, Any]:
+    """Connector options that lift the platform's documented limits (the simulators' are
+    lifted with limits=False): for throughput runs, never for a real platform."""
+    if platform is Platform.SHOPIFY:
+        return {"restore_per_s": _HUGE, "bucket_points": _HUGE}
+    if platform is Platform.AMAZON:  # bulk through the listings feed, its status polled fast
+        return {"usage_plans": {op: [_HUGE, _HUGE] for op in AMAZON_PLANS},
+                "feed_threshold": 20, "feed_poll_s": 0.01}  # fmt: skip
+    if platform is Platform.ETSY:
+        return {"qps": 0, "qpd": 0}
+    return {"rate_per_s": _HUGE}  # eBay, web
+
+
 @dataclass
 class SimulatedChannel:
     name: str
@@ -86,16 +103,20 @@ def plan(
         platform = CHANNELS[name]
         listings = tuple(Listing(sku, _ids(platform, sku, n)) for n, sku in enumerate(skus))
         credentials, own = _secrets(platform)
-        merged = {**own, **(options or {})}
-        sim = simulator_class(platform)(
-            list(listings),
-            webhook_url=f"{webhook_base}/v1/webhooks/{name}",
-            limits=limits,
-            options={**credentials, **merged},
-        )
+        merged = {**own, **({} if limits else lifted(platform)), **(options or {})}
         config = ChannelConfig(name, platform, "", credentials, merged, listings)
-        planned.append(SimulatedChannel(name, config, sim))
+        planned.append(SimulatedChannel(name, config, simulator_for(config, webhook_base, limits)))
     return planned
+
+
+def simulator_for(config: ChannelConfig, webhook_base: str, limits: bool) -> Simulator:
+    """The simulator a channel config talks to: the same secrets, listings and options."""
+    return simulator_class(config.platform)(  # type: ignore[no-any-return]
+        list(config.listings),
+        webhook_url=f"{webhook_base}/v1/webhooks/{config.channel}",
+        limits=limits,
+        options={**config.credentials, **config.options},
+    )
 
 
 @contextlib.asynccontextmanager
@@ -142,3 +163,24 @@ def _inline(values: dict[str, Any]) -> str:
         return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
     return ", ".join(f"{k} = {value(v)}" for k, v in values.items())
+
+
+def serve_in_child(configs_json: bytes, ports: list[int], webhook_base: str, limits: bool) -> None:
+    """A process's main: serves the configs' simulators on the given ports until killed.
+
+    Platforms are remote: a benchmark runs them in a process of their own, so their
+    HTTP work does not share a core with the sync it measures."""
+    import asyncio
+
+    import msgspec
+
+    configs = msgspec.json.decode(configs_json, type=list[ChannelConfig])
+
+    async def main() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            for config, port in zip(configs, ports, strict=True):
+                sim = simulator_for(config, webhook_base, limits)
+                await stack.enter_async_context(serving(sim.app(), port))
+            await asyncio.Event().wait()
+
+    asyncio.run(main())

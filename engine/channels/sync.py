@@ -110,6 +110,8 @@ class ChannelSync:
         self.idle = asyncio.Event()
         self.idle.set()
         self._slots = asyncio.Semaphore(max_in_flight)
+        self._pushing = 0
+        self._order = {sku: n for n, sku in enumerate(connector.by_sku)}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def offer(self, sku: str, qty: int, change_ms: int, *, force: bool = False) -> None:
@@ -133,7 +135,7 @@ class ChannelSync:
             self.wake.clear()
             while ready := [s for s in self.pending if s not in self.in_flight]:
                 await self._slots.acquire()
-                batch = [s for s in ready[: self.connector.max_batch] if s in self.pending]
+                batch = [s for s in self._share(ready) if s in self.pending]
                 items = {sku: self.pending.pop(sku) for sku in batch}
                 if not items:
                     self._slots.release()
@@ -145,7 +147,23 @@ class ChannelSync:
             if not self.pending and not self.in_flight:
                 self.idle.set()
 
+    def _share(self, ready: list[str]) -> list[str]:
+        """The next batch: an even share of what is ready over the free push slots (so they
+        all work), in listing order (so an Etsy listing's products travel together), at
+        most the connector's batch size."""
+        free = max(1, self.max_in_flight - self._pushing)
+        size = min(self.connector.max_batch, -(-len(ready) // free))
+        ready.sort(key=self._order.__getitem__)
+        return ready[:size]
+
     async def _push(self, items: dict[str, tuple[int, int]]) -> None:
+        self._pushing += 1
+        try:
+            await self._send(items)
+        finally:
+            self._pushing -= 1
+
+    async def _send(self, items: dict[str, tuple[int, int]]) -> None:
         pushes = [Push(sku, qty, previous=self.last.get(sku)) for sku, (qty, _) in items.items()]
         try:
             results = await self.connector.push(pushes)
@@ -187,6 +205,7 @@ class SyncWorker:
         *,
         resync_interval_s: float = 60.0,
         max_in_flight: int = 4,
+        gather_s: float = 0.005,
     ) -> None:
         self.engine = engine
         self.client = engine.client
@@ -194,6 +213,7 @@ class SyncWorker:
             c.config.channel: ChannelSync(c, self.client, max_in_flight) for c in connectors
         }
         self.resync_interval_s = resync_interval_s
+        self.gather_s = gather_s
         self.positions: dict[int, str] = {}
         self._timers: list[asyncio.TimerHandle] = []
         self._rechecks: set[asyncio.Future[None]] = set()
@@ -212,6 +232,10 @@ class SyncWorker:
                 last = await self.client.xrevrange(keys.outbox(p), count=1)
                 self.positions[p] = last[0][0] if last else "0-0"
 
+    async def save_state(self) -> None:
+        await self.save_positions()
+        await self.save_stats()
+
     async def save_stats(self) -> None:
         for name, channel in self.channels.items():
             fields = msgspec.structs.asdict(channel.stats)
@@ -229,6 +253,8 @@ class SyncWorker:
                 await asyncio.sleep(1.0)
                 continue
             await self.handle(entries)
+            if entries:  # let the next read gather a few ms of changes, not one at a time
+                await asyncio.sleep(self.gather_s)
 
     async def _read(self) -> list[tuple[int, str, dict[str, str]]]:
         streams = {keys.outbox(p): self.positions[p] for p in range(keys.PARTITIONS)}
@@ -266,8 +292,14 @@ class SyncWorker:
             await self.resync()
         else:
             await self.refresh(dirty)
-        for p in {p for p, _, _ in entries}:
-            await self.client.set(position_key(p), self.positions[p])
+
+    async def save_positions(self) -> None:
+        """Where each outbox was read up to; a restart goes on from there (after a full
+        pass, so what a crash lost since the last save is pushed all the same)."""
+        async with self.client.pipeline(transaction=False) as pipe:  # one slot per key
+            for p, position in self.positions.items():
+                pipe.set(position_key(p), position)
+            await pipe.execute()
 
     def _recheck_at(self, sku: str, at_ms: int) -> None:
         delay_s = (at_ms - now_ms()) / 1000 + 0.01
@@ -320,7 +352,7 @@ class SyncWorker:
         tasks = [asyncio.create_task(c.run(stop)) for c in self.channels.values()]
         tasks += [
             asyncio.create_task(self.follow(stop)),
-            asyncio.create_task(self._every(stop, 1.0, self.save_stats)),
+            asyncio.create_task(self._every(stop, 1.0, self.save_state)),
             asyncio.create_task(self._every(stop, self.resync_interval_s, self.resync)),
         ]
         try:
@@ -331,7 +363,7 @@ class SyncWorker:
             for task in tasks:
                 task.cancel()
             with contextlib.suppress(Exception):
-                await self.save_stats()
+                await self.save_state()
 
     @staticmethod
     async def _every(stop: asyncio.Event, interval_s: float, work: Any) -> None:

@@ -36,9 +36,32 @@ POLL_OVERLAP_MS = 120_000  # re-read a little before the last poll (eBay's advic
 
 @contextlib.asynccontextmanager
 async def connectors(configs: list[ChannelConfig]) -> AsyncIterator[dict[str, Connector]]:
-    """A connector per channel, sharing one HTTP client (closed on exit)."""
-    async with httpx.AsyncClient(timeout=10.0) as http:
-        yield {c.channel: connect(c, http) for c in configs}
+    """A connector per channel, each with an HTTP client of its own (closed on exit).
+
+    Each pool is small and never has requests queued: httpcore scans its connections for
+    every queued request each time one finishes, so a connector's burst of concurrent
+    calls (a read-modify-write per Etsy listing) would cost more CPU than the calls."""
+    async with contextlib.AsyncExitStack() as stack:
+        connected = {}
+        for config in configs:
+            http = await stack.enter_async_context(BoundedClient(POOL, timeout=10.0))
+            connected[config.channel] = connect(config, http)
+        yield connected
+
+
+POOL = 8  # connections per platform, and requests in flight
+
+
+class BoundedClient(httpx.AsyncClient):
+    """An httpx client that sends at most `size` requests at once, on `size` connections."""
+
+    def __init__(self, size: int, **kwargs: Any) -> None:
+        super().__init__(limits=httpx.Limits(max_connections=size), **kwargs)
+        self._slots = asyncio.Semaphore(size)
+
+    async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        async with self._slots:
+            return await super().send(request, **kwargs)
 
 
 class ChannelWorker:

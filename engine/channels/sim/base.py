@@ -8,6 +8,7 @@ Control routes (JSON), the same on every simulator:
   POST /_sim/faults    Faults fields            latency, 5xx and timeout injection
   POST /_sim/orders    {"sku", "qty"}           a storefront order (409 if not enough)
   POST /_sim/reset     {}                        forget quantities, orders and counters
+  GET  /_sim/history                             every quantity set: {sku: [[at_ms, qty]]}
 """
 
 from __future__ import annotations
@@ -238,6 +239,10 @@ class Simulator:
                 return JSONResponse({"error": "not enough quantity"}, status_code=409)
             return JSONResponse(msgspec.to_builtins(order), status_code=201)
 
+        async def history(request: Request) -> Response:
+            return JSONResponse({"history": self.history, "updates": self.updates,
+                                 "throttled": self.throttled})  # fmt: skip
+
         async def reset(request: Request) -> Response:
             self.reset()
             return JSONResponse({})
@@ -248,6 +253,7 @@ class Simulator:
             Route("/_sim/faults", faults, methods=["POST"]),
             Route("/_sim/orders", orders, methods=["POST"]),
             Route("/_sim/reset", reset, methods=["POST"]),
+            Route("/_sim/history", history, methods=["GET"]),
         ]
         return Starlette(routes=[*control, *self.routes()], lifespan=self._lifespan)
 
