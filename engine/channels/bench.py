@@ -190,6 +190,7 @@ async def run(
     limits: bool = False,
     channels: tuple[str, ...] = PLATFORMS,
     settle_s: float = 60.0,
+    **tuning: Any,  # SyncWorker's max_in_flight, linger_ms, gather_s
 ) -> Result:
     names = [f"BENCH-{n:03d}" for n in range(skus)]
     await setup(engine, names, channels)
@@ -197,7 +198,7 @@ async def run(
                    options={"poll_interval_s": 0})  # fmt: skip
     async with Platforms([p.config for p in planned], limits) as platforms:
         async with connectors(platforms.configs) as connected:
-            sync = SyncWorker(engine, connected.values(), resync_interval_s=3600)
+            sync = SyncWorker(engine, connected.values(), resync_interval_s=3600, **tuning)
             stop = asyncio.Event()
             task = asyncio.create_task(sync.run(stop))
             await _until(lambda: platforms.converged(engine, names), settle_s)

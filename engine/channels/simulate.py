@@ -71,7 +71,7 @@ def lifted(platform: Platform) -> dict[str, Any]:
         return {"restore_per_s": _HUGE, "bucket_points": _HUGE}
     if platform is Platform.AMAZON:  # bulk through the listings feed, its status polled fast
         return {"usage_plans": {op: [_HUGE, _HUGE] for op in AMAZON_PLANS},
-                "feed_threshold": 20, "feed_poll_s": 0.01}  # fmt: skip
+                "feed_threshold": 5, "feed_poll_s": 0.01}  # fmt: skip
     if platform is Platform.ETSY:
         return {"qps": 0, "qpd": 0}
     return {"rate_per_s": _HUGE}  # eBay, web

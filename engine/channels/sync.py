@@ -95,7 +95,9 @@ class Stats(msgspec.Struct):
 class ChannelSync:
     """One channel's queue of values to push and its pusher."""
 
-    def __init__(self, connector: Connector, client: Any, max_in_flight: int = 4) -> None:
+    def __init__(
+        self, connector: Connector, client: Any, max_in_flight: int = 1, linger_ms: int = 20
+    ) -> None:
         self.connector = connector
         self.client = client
         self.channel = connector.config.channel
@@ -104,6 +106,7 @@ class ChannelSync:
         self.last: dict[str, int] = {}  # what the channel last accepted
         self.in_flight: set[str] = set()
         self.max_in_flight = max_in_flight
+        self.linger_ms = linger_ms
         self.stats = Stats()
         self.lags: deque[int] = deque(maxlen=100_000)
         self.wake = asyncio.Event()
@@ -135,7 +138,9 @@ class ChannelSync:
             self.wake.clear()
             while ready := [s for s in self.pending if s not in self.in_flight]:
                 await self._slots.acquire()
-                batch = [s for s in self._share(ready) if s in self.pending]
+                await self._linger(ready)
+                ready = [s for s in self.pending if s not in self.in_flight]
+                batch = self._share(ready)
                 items = {sku: self.pending.pop(sku) for sku in batch}
                 if not items:
                     self._slots.release()
@@ -146,6 +151,16 @@ class ChannelSync:
                 task.add_done_callback(self._tasks.discard)
             if not self.pending and not self.in_flight:
                 self.idle.set()
+
+    async def _linger(self, ready: list[str]) -> None:
+        """Lets a batch gather until its oldest change is linger_ms old (or it is full): a
+        few ms of lag buy far fewer platform calls, which is what the lag is made of."""
+        if len(ready) >= self.connector.max_batch:
+            return
+        oldest = min(self.pending[sku][1] for sku in ready)
+        wait_ms = oldest + self.linger_ms - now_ms()
+        if wait_ms > 0:
+            await asyncio.sleep(wait_ms / 1000)
 
     def _share(self, ready: list[str]) -> list[str]:
         """The next batch: an even share of what is ready over the free push slots (so they
@@ -204,13 +219,15 @@ class SyncWorker:
         connectors: Iterable[Connector],
         *,
         resync_interval_s: float = 60.0,
-        max_in_flight: int = 4,
+        max_in_flight: int = 1,
+        linger_ms: int = 20,
         gather_s: float = 0.005,
     ) -> None:
         self.engine = engine
         self.client = engine.client
         self.channels = {
-            c.config.channel: ChannelSync(c, self.client, max_in_flight) for c in connectors
+            c.config.channel: ChannelSync(c, self.client, max_in_flight, linger_ms)
+            for c in connectors
         }
         self.resync_interval_s = resync_interval_s
         self.gather_s = gather_s
