@@ -39,3 +39,5 @@ def configure(level: str = "info") -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True  # ours logs each request, with its id
+    for name in ("httpx", "httpcore"):  # one line per platform call: the sync's stats say it
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

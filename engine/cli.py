@@ -83,9 +83,11 @@ def _parser() -> argparse.ArgumentParser:
     sweeper = commands.add_parser("sweeper", help="settle expired holds until stopped")
     sweeper.add_argument("--interval-ms", type=int, default=500)
     bench = commands.add_parser("bench", help="benchmarks that print ratios from one run")
-    bench.add_argument("target", choices=["engine", "writer", "http"])
+    bench.add_argument("target", choices=["engine", "writer", "http", "sync"])
     bench.add_argument(
-        "--seconds", type=float, help="engine, http: per measured path (default 5, http 10)"
+        "--seconds",
+        type=float,
+        help="engine, http: per measured path; sync: of load (default 5, http and sync 10)",
     )
     bench.add_argument("--concurrency", type=int, default=64, help="http: connections")
     bench.add_argument("--workers", type=int, default=1, help="http: uvicorn workers of serve")
@@ -140,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return bench_http(args, settings)
         postgres = args.postgres if args.postgres.startswith("postgres") else None
-        seconds = 5.0 if args.seconds is None else args.seconds
+        seconds = (10.0 if args.target == "sync" else 5.0) if args.seconds is None else args.seconds
         return asyncio.run(_bench(settings, args.target, seconds, postgres))
     else:
         _foreground(settings, cluster=args.command == "cluster")
@@ -271,6 +273,10 @@ async def _bench_on(
     try:
         if target == "engine":
             await bench_engine(Engine(client, settings), seconds, postgres_dsn=postgres)
+        elif target == "sync":
+            from .channels.bench import bench_sync
+
+            await bench_sync(Engine(client, settings), url, seconds)
         else:
             await bench_writer(client, sqlite_dir=tmp / "ledger", postgres_dsn=postgres)
         await client.flushdb()
