@@ -105,8 +105,9 @@ class ChannelSync:
         self.pending: dict[str, tuple[int, int]] = {}  # sku -> (qty, ms of the change)
         self.last: dict[str, int] = {}  # what the channel last accepted
         self.in_flight: set[str] = set()
+        max_in_flight = int(connector.config.option("max_in_flight", max_in_flight))
         self.max_in_flight = max_in_flight
-        self.linger_ms = linger_ms
+        self.linger_ms = int(connector.config.option("linger_ms", linger_ms))
         self.stats = Stats()
         self.lags: deque[int] = deque(maxlen=100_000)
         self.wake = asyncio.Event()
