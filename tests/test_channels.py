@@ -12,6 +12,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -195,3 +196,49 @@ async def test_an_order_beyond_the_channels_ats_is_an_oversell_and_corrected_at_
     assert stack.worker.processor.stats["oversells"] == 1
     ats = await stack.converged("A")
     assert ats["etsy"] == 0 and ats["shopify"] == 5
+
+
+def _signed(secret: str, body: bytes) -> dict[str, str]:
+    """The generic channel's signature header (engine/channels/webhook.py)."""
+    t = str(int(time.time()))
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return {"Stockguard-Signature": f"t={t},v1={mac}", "Content-Type": "application/json"}
+
+
+async def test_signed_but_unreadable_or_oversized_deliveries_are_4xx_and_queue_nothing(
+    stack: Stack,
+) -> None:
+    secret = stack.channels["web"].config.credentials["secret"]
+    wrong_types = b'{"id": "d1", "type": "order.created", "occurred_at_ms": "soon", "order": 5}'
+    huge = b'{"id": "d2", "pad": "' + b"x" * (2 << 20) + b'"}'
+    before = await stack.engine.client.xlen(inbound.INBOX)
+    async with httpx.AsyncClient(base_url=stack.url) as http:
+        unreadable = await http.post(
+            "/v1/webhooks/web", content=wrong_types, headers=_signed(secret, wrong_types)
+        )
+        oversized = await http.post("/v1/webhooks/web", content=huge, headers=_signed(secret, huge))
+    assert unreadable.status_code == 400, unreadable.text
+    assert oversized.status_code == 413, oversized.text
+    assert await stack.engine.client.xlen(inbound.INBOX) == before
+
+
+async def test_a_redelivered_webhook_is_acknowledged_as_a_duplicate(stack: Stack) -> None:
+    secret = stack.channels["web"].config.credentials["secret"]
+    event = {
+        "id": "delivery-7", "type": "order.created", "occurred_at_ms": int(time.time() * 1000),
+        "order": {"id": "W-7", "lines": [{"id": "1", "sku": "B", "qty": 1}]},
+    }  # fmt: skip
+    body = json.dumps(event).encode()
+    await stack.engine.receive("B", "wh1", 3)
+    async with httpx.AsyncClient(base_url=stack.url) as http:
+        first = await http.post("/v1/webhooks/web", content=body, headers=_signed(secret, body))
+        again = await http.post("/v1/webhooks/web", content=body, headers=_signed(secret, body))
+    assert first.json()["accepted"] is True
+    assert again.status_code == 200 and again.json()["accepted"] is False
+
+    async def sold() -> bool:
+        return await stack.committed("B") == 1
+
+    await eventually(sold)
+    await stack.converged("B")
+    assert await stack.committed("B") == 1
