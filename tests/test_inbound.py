@@ -1,0 +1,76 @@
+"""The inbox Processor's order state machine, against a real engine: each event applies
+once, stale and out-of-order events change nothing, refunds restock once."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import setup_shop
+
+from engine import Engine
+from engine.channels.base import EventKind, OrderEvent, OrderLine
+from engine.channels.inbound import Processor
+
+LINE = (OrderLine("1", "A", 2),)
+
+
+def event(kind: EventKind, at_ms: int, order: str = "o-1", **kw: object) -> OrderEvent:
+    return OrderEvent(kind, order, LINE, at_ms, **kw)  # type: ignore[arg-type]
+
+
+async def committed(engine: Engine) -> int:
+    return sum(loc.committed for loc in (await engine.stock("A")).locations)
+
+
+@pytest.fixture
+async def processor(engine: Engine) -> Processor:
+    await setup_shop(engine)
+    await engine.receive("A", "wh1", 10)
+    return Processor(engine, {})
+
+
+async def test_created_then_cancelled_sells_then_returns(processor: Processor) -> None:
+    engine = processor.engine
+    assert await processor.apply("web", event(EventKind.CREATED, 1000)) == "applied"
+    assert await processor.apply("web", event(EventKind.CREATED, 1000)) == "duplicate"
+    assert await committed(engine) == 2
+    assert await processor.apply("web", event(EventKind.CANCELLED, 2000)) == "applied"
+    assert await processor.apply("web", event(EventKind.CANCELLED, 2000)) == "duplicate"
+    assert await committed(engine) == 0
+
+
+async def test_a_creation_arriving_after_its_cancellation_never_sells(
+    processor: Processor,
+) -> None:
+    assert await processor.apply("web", event(EventKind.CANCELLED, 2000)) == "applied"
+    assert await processor.apply("web", event(EventKind.CREATED, 1000)) == "stale"
+    assert await processor.apply("web", event(EventKind.CREATED, 3000)) == "stale"
+    assert await committed(processor.engine) == 0
+
+
+async def test_an_event_older_than_the_last_applied_one_is_dropped(processor: Processor) -> None:
+    await processor.apply("web", event(EventKind.CREATED, 5000))
+    assert await processor.apply("web", event(EventKind.CANCELLED, 4000)) == "stale"
+    assert await committed(processor.engine) == 2
+
+
+async def test_a_restocking_refund_returns_units_once(processor: Processor) -> None:
+    engine = processor.engine
+    await processor.apply("web", event(EventKind.CREATED, 1000))
+    await engine.ship("A", "wh1", 2)
+    refund = event(EventKind.REFUNDED, 2000, refund_id="r-1", restock=True)
+    assert await processor.apply("web", refund) == "applied"
+    assert await processor.apply("web", refund) == "duplicate"
+    wh1 = next(loc for loc in (await engine.stock("A")).locations if loc.location == "wh1")
+    assert (wh1.on_hand, wh1.committed) == (10, 0)  # 10 - 2 shipped + 2 restocked
+    no_restock = event(EventKind.REFUNDED, 3000, refund_id="r-2", restock=False)
+    assert await processor.apply("web", no_restock) == "applied"
+    assert (await engine.stock("A")).locations[1].on_hand == 10
+
+
+async def test_a_line_of_an_unknown_sku_is_refused_and_the_rest_of_the_order_sells(
+    processor: Processor,
+) -> None:
+    lines = (OrderLine("1", "NOPE", 1), OrderLine("2", "A", 1))
+    await processor.apply("web", OrderEvent(EventKind.CREATED, "o-9", lines, 1000))
+    assert processor.stats["lines_refused"] == 1
+    assert await committed(processor.engine) == 1
