@@ -340,7 +340,14 @@ def serve(argv_options: Options) -> int:
             background = spawn.Process(
                 target=_background, args=(encoded, os.getpid()), name="stockguard-background"
             )
-            background.start()
+            # The child starts with SIGTERM ignored (an ignored signal stays ignored across
+            # exec), so a group SIGTERM during its imports cannot stop it before the writer
+            # has drained; it installs its own handler once running.
+            previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            try:
+                background.start()
+            finally:
+                signal.signal(signal.SIGTERM, previous)
         os.environ[_SERVE_ENV] = encoded.decode()
         if options.workers > 1:  # workers write their samples where /metrics adds them up
             metrics_dir = Path(options.data_dir) / "prometheus"
