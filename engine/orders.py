@@ -25,7 +25,7 @@ class _Record(msgspec.Struct):
     id: str
     ch: str
     st: str
-    lines: list[tuple[str, str, int]]
+    lines: list[tuple[str, str, int]] | dict[str, int]  # cjson writes no lines as {}
     ref: str = ""
     short: int = 0
     unfilled: int = 0
@@ -52,7 +52,7 @@ def _sale(raw: str, order_id: str) -> ChannelSale:
         channel=rec.ch,
         order_id=order_id,
         state=rec.st,
-        lines=tuple(HoldLine(*line) for line in rec.lines),
+        lines=tuple(HoldLine(*line) for line in rec.lines) if isinstance(rec.lines, list) else (),
         shortfall=rec.short,
         unfilled=rec.unfilled,
     )

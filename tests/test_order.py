@@ -115,3 +115,12 @@ async def test_setting_a_cap_again_starts_its_count_afresh(shop: Engine) -> None
     await asyncio.sleep(0.002)  # a new since_ms
     await shop.set_policy("A", "amazon", Policy(PolicyKind.CAP, 3))
     assert (await shop.ats("amazon", ["A"]))["A"] == 3
+
+
+async def test_a_line_no_location_can_fill_at_all_is_recorded_with_no_units(shop: Engine) -> None:
+    await shop.receive("A", "wh1", 1)
+    await shop.record_order("web", "1005", "1", "A", 1)
+    empty = await shop.record_order("web", "1006", "1", "A", 2)
+    assert (empty.lines, empty.shortfall, empty.unfilled) == ((), 2, 2)
+    assert await shop.record_order("web", "1006", "1", "A", 2) == empty
+    assert (await shop.stock("A")).locations[1].committed == 1
