@@ -398,6 +398,14 @@ class StockOps:
 
     async def ats(self, channel: str, skus: list[str]) -> dict[str, int]:
         """ATS of each SKU for one channel; unknown SKUs are left out."""
+        return {sku: ats for sku, (ats, _) in (await self._ats(channel, skus, "")).items()}
+
+    async def ats_and_ordered(self, channel: str, skus: list[str]) -> dict[str, tuple[int, int]]:
+        """(ATS, units the channel's own orders took so far) of each SKU, read together: what
+        the sync needs to tell a platform's own sales from every other change."""
+        return await self._ats(channel, skus, "ordered")
+
+    async def _ats(self, channel: str, skus: list[str], mode: str) -> dict[str, tuple[int, int]]:
         validate.name("channel", channel)
         if not skus and channel not in (await self.catalog()).channels:
             raise UnknownChannelError(channel)
@@ -406,14 +414,18 @@ class StockOps:
             by_part.setdefault(keys.partition_of(validate.name("sku", sku)), []).append(sku)
         replies = await self._batcher.call(
             [
-                ("ats", list(keys.partition_keys(p)), [channel, *group])
+                ("ats", list(keys.partition_keys(p)), [channel, mode, *group])
                 for p, group in by_part.items()
             ]
         )
-        result: dict[str, int] = {}
+        step = 2 if mode else 1
+        result: dict[str, tuple[int, int]] = {}
         for group, reply in zip(by_part.values(), replies, strict=True):
             _check(reply)
-            result.update((sku, n) for sku, n in zip(group, reply[1:], strict=True) if n >= 0)
+            for n, sku in enumerate(group):
+                ats = reply[1 + n * step]
+                if ats >= 0:
+                    result[sku] = (ats, reply[2 + n * step] if mode else 0)
         return result
 
     async def sweep(self, limit: int = 1000) -> int:

@@ -50,6 +50,7 @@ local function sale(a)
                 ref = a[8], lines = {}, order = true }
   local within = math.min(qty, available)
   if within > 0 then allocate(sku, channel, within, free, rec.lines) end
+  add(sku, channel, 'ordered', qty) -- what the platform took off its storefront (engine/channels/sync.py)
   local short = qty - within
   if short > 0 then
     rec.short, rec.unfilled = short, take_free(sku, channel, short, rec.lines)

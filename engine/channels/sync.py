@@ -12,7 +12,7 @@ Each channel has its own pusher. It sends batches of the connector's size, at mo
 after a newer one), within the connector's rate limits. A push that fails transiently is
 queued again unless a newer value took its place; a refusal is logged and counted.
 
-State in Redis, per channel: `sync:<channel>:pushed` (sku -> "qty:at_ms", what the
+State in Redis, per channel: `sync:<channel>:pushed` (sku -> "qty:at_ms:ordered", what the
 channel last accepted, which survives restarts) and `sync:<channel>` (stats: pushes,
 changes, failures, backlog, last push time, lag). Time-windowed buffer overrides start
 and end without a move, so their SKUs are re-read at those instants; a periodic pass
@@ -102,8 +102,9 @@ class ChannelSync:
         self.client = client
         self.channel = connector.config.channel
         self.skus = set(connector.by_sku)
-        self.pending: dict[str, tuple[int, int]] = {}  # sku -> (qty, ms of the change)
+        self.pending: dict[str, tuple[int, int, int]] = {}  # sku -> (qty, change ms, ordered)
         self.last: dict[str, int] = {}  # what the channel last accepted
+        self.ordered: dict[str, int] = {}  # its own orders' units when that value was read
         self.in_flight: set[str] = set()
         max_in_flight = int(connector.config.option("max_in_flight", max_in_flight))
         self.max_in_flight = max_in_flight
@@ -118,16 +119,35 @@ class ChannelSync:
         self._order = {sku: n for n, sku in enumerate(connector.by_sku)}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def offer(self, sku: str, qty: int, change_ms: int, *, force: bool = False) -> None:
-        """A new ATS: queued unless the channel already has it (force: push anyway)."""
-        if not force and self.last.get(sku) == qty and sku not in self.in_flight:
+    def offer(
+        self, sku: str, qty: int, change_ms: int, ordered: int = 0, *, force: bool = False
+    ) -> None:
+        """A new ATS: queued unless the channel already has it (force: push anyway).
+
+        `ordered` is the units the channel's own orders had taken when qty was read. The
+        platform took those off its storefront itself when it sold them: it holds what it
+        last accepted less what it sold since. When that is qty, nothing is pushed: our
+        value would at best change nothing, and at worst put back on sale units it sold
+        since that we have not heard of yet (an absolute write cannot tell)."""
+        if not force and sku not in self.in_flight and self.holds(sku, qty, ordered):
             self.pending.pop(sku, None)
+            self.last[sku], self.ordered[sku] = qty, ordered
             return
         first = self.pending.get(sku)
-        self.pending[sku] = (qty, first[1] if first else change_ms)
+        self.pending[sku] = (qty, first[1] if first else change_ms, ordered)
         self.stats.changes += 1
         self.idle.clear()
         self.wake.set()
+
+    def holds(self, sku: str, qty: int, ordered: int) -> bool:
+        """Whether the platform already holds qty: what it last accepted, less its own
+        orders since (when we know how many it had then)."""
+        last = self.last.get(sku)
+        if last is None:
+            return False
+        before = self.ordered.get(sku)
+        sold_there = ordered - before if before is not None and ordered >= before else 0
+        return last - sold_there == qty
 
     def backlog(self) -> int:
         return len(self.pending) + len(self.in_flight)
@@ -172,15 +192,15 @@ class ChannelSync:
         ready.sort(key=self._order.__getitem__)
         return ready[:size]
 
-    async def _push(self, items: dict[str, tuple[int, int]]) -> None:
+    async def _push(self, items: dict[str, tuple[int, int, int]]) -> None:
         self._pushing += 1
         try:
             await self._send(items)
         finally:
             self._pushing -= 1
 
-    async def _send(self, items: dict[str, tuple[int, int]]) -> None:
-        pushes = [Push(sku, qty, previous=self.last.get(sku)) for sku, (qty, _) in items.items()]
+    async def _send(self, items: dict[str, tuple[int, int, int]]) -> None:
+        pushes = [Push(sku, qty, previous=self.last.get(sku)) for sku, (qty, *_) in items.items()]
         try:
             results = await self.connector.push(pushes)
         except Exception as error:  # a connector bug or an outage: every value goes again
@@ -189,16 +209,16 @@ class ChannelSync:
         done = now_ms()
         accepted: dict[str, str] = {}
         for result in results:
-            qty, change_ms = items[result.sku]
+            qty, change_ms, ordered = items[result.sku]
             if result.ok:
-                self.last[result.sku] = qty
-                accepted[result.sku] = f"{qty}:{done}"
+                self.last[result.sku], self.ordered[result.sku] = qty, ordered
+                accepted[result.sku] = f"{qty}:{done}:{ordered}"
                 self.stats.pushes += 1
                 self.lags.append(done - change_ms)
                 self.stats.lag_ms, self.stats.last_push_ms = done - change_ms, done
             elif result.retry:
                 self.stats.retries += 1
-                self.pending.setdefault(result.sku, (qty, change_ms))
+                self.pending.setdefault(result.sku, (qty, change_ms, ordered))
             else:
                 self.stats.failures += 1
                 log.error("sync %s: %s refused: %s", self.channel, result.sku, result.error)
@@ -242,7 +262,10 @@ class SyncWorker:
         """What each channel last accepted, and where in each outbox this worker was."""
         for name, channel in self.channels.items():
             for sku, value in (await self.client.hgetall(pushed_key(name))).items():
-                channel.last[sku] = int(value.split(":")[0])
+                qty, _, *ordered = value.split(":")
+                channel.last[sku] = int(qty)
+                if ordered:
+                    channel.ordered[sku] = int(ordered[0])
         for p in range(keys.PARTITIONS):
             self.positions[p] = await self.client.get(position_key(p)) or "$"
         for p, position in self.positions.items():
@@ -340,12 +363,12 @@ class SyncWorker:
             for start in range(0, len(skus), ATS_CHUNK):
                 chunk = skus[start : start + ATS_CHUNK]
                 try:
-                    values = await self.engine.ats(name, chunk)
+                    values = await self.engine.ats_and_ordered(name, chunk)
                 except StockguardError as error:  # e.g. the channel is not in the catalog
                     log.error("sync %s: cannot read ATS: %s", name, error)
                     break
-                for sku, qty in values.items():
-                    channel.offer(sku, qty, dirty[sku], force=force)
+                for sku, (qty, ordered) in values.items():
+                    channel.offer(sku, qty, dirty[sku], ordered, force=force)
 
     async def resync(self, *, force: bool = False) -> None:
         """Every listed SKU of every channel; force pushes values the channels already have."""
