@@ -86,6 +86,16 @@ _state = msgspec.json.Decoder(OrderState)
 _delivery = msgspec.json.Decoder(Delivery)
 
 
+def _order_key(fields: dict[str, str]) -> str:
+    """Which order an inbox entry is about, as far as it says (one key per order)."""
+    try:
+        delivery = _delivery.decode(fields.get("delivery", ""))
+    except msgspec.DecodeError:
+        return ""  # dead-lettered when applied
+    first = delivery.events[0].order_id if delivery.events else ",".join(delivery.fetch)
+    return f"{fields.get('channel', '')}\0{first}"
+
+
 class Processor:
     """Applies inbox deliveries to the engine; safe to restart at any point."""
 
@@ -96,6 +106,7 @@ class Processor:
         *,
         consumer: str | None = None,
         batch: int = 100,
+        concurrency: int = 16,
     ) -> None:
         self.engine = engine
         self.client = engine.client
@@ -104,6 +115,7 @@ class Processor:
         self.batch = batch
         self.stats: Counter[str] = Counter()
         self._backlog_first = True  # re-read this consumer's unacknowledged entries first
+        self._slots = asyncio.Semaphore(concurrency)
 
     async def setup(self) -> None:
         try:
@@ -113,24 +125,36 @@ class Processor:
                 raise
 
     async def step(self, block_ms: int = 200) -> int:
-        """Applies the next entries; returns how many were acknowledged."""
+        """Applies the next entries; returns how many were acknowledged.
+
+        Deliveries about different orders are applied concurrently (most wait on a platform
+        fetch); those about one order, in inbox order, one at a time."""
         start = "0" if self._backlog_first else ">"
         reply = await self.client.xreadgroup(
             GROUP, self.consumer, {INBOX: start}, count=self.batch,
             block=None if self._backlog_first else block_ms,
         )  # fmt: skip
-        entries = reply[0][1] if reply else []
         self._backlog_first = False
+        by_order: dict[str, list[tuple[str, dict[str, str]]]] = {}
+        for entry_id, fields in reply[0][1] if reply else []:
+            by_order.setdefault(_order_key(fields), []).append((entry_id, fields))
+        done = await asyncio.gather(*(self._in_order(group) for group in by_order.values()))
+        return sum(done)
+
+    async def _in_order(self, entries: list[tuple[str, dict[str, str]]]) -> int:
+        """Applies one order's entries in sequence; stops at the first that must be retried
+        (it stays pending and is read again first)."""
         done = 0
         for entry_id, fields in entries:
-            try:
-                await self._entry(fields)
-            except (BadDelivery, StockguardError, msgspec.DecodeError) as error:
-                await self._dead(entry_id, fields, error)
-            except Exception:
-                log.exception("inbound: could not apply a delivery; it stays for a retry")
-                self._backlog_first = True
-                break
+            async with self._slots:
+                try:
+                    await self._entry(fields)
+                except (BadDelivery, StockguardError, msgspec.DecodeError) as error:
+                    await self._dead(entry_id, fields, error)
+                except Exception:
+                    log.exception("inbound: could not apply a delivery; it stays for a retry")
+                    self._backlog_first = True
+                    return done
             await self.client.xack(INBOX, GROUP, entry_id)
             done += 1
         return done
