@@ -14,6 +14,8 @@ from typing import Annotated, Any
 import msgspec
 
 from engine import validate
+from engine.channels.sync import SyncStatus
+from engine.channels.sync import status as sync_status
 from engine.errors import ValidationError
 from engine.ledger import MoveRow
 from engine.models import BufferOverride, Catalog, Hold, LocationStock, SkuSettings, StockLevel
@@ -21,6 +23,7 @@ from engine.models import BufferOverride, Catalog, Hold, LocationStock, SkuSetti
 from . import schemas as s
 from .auth import Role
 from .endpoint import Call, Param, Spec
+from .problems import ApiError
 
 ANY = frozenset(Role)
 CHECKOUT = frozenset({Role.CHECKOUT, Role.OPERATOR})
@@ -84,6 +87,16 @@ async def release_hold(call: Call) -> Hold:
 async def get_stock(call: Call) -> StockLevel:
     channels = [validate.name("channel", c) for c in call.query("channel")] or None
     return await call.engine.stock(call.path("sku"), channels)  # type: ignore[no-any-return]
+
+
+async def get_sync(call: Call) -> SyncStatus:
+    channel = call.path("channel")
+    if channel not in call.request.app.state.connectors:
+        raise ApiError(404, "not-found", f"no connected channel {channel!r}")
+    skus = [validate.name("sku", sku) for sku in call.query("sku")]
+    if len(skus) > MAX_ATS_SKUS:
+        raise ValidationError("sku", f"ask for at most {MAX_ATS_SKUS} SKUs at once")
+    return await sync_status(call.engine.client, channel, skus)
 
 
 async def get_ats(call: Call) -> s.Ats:
@@ -282,6 +295,12 @@ SPECS: tuple[Spec, ...] = (
          s.Ats, params=(CHANNEL, Param("sku", "query", {"type": "array", "items": _NAME,
                                                          "maxItems": MAX_ATS_SKUS})),
          errors=("unknown-channel", "validation"), name="get_ats"),
+    Spec("GET", "/v1/channels/{channel}/sync", get_sync, ANY,
+         "A connected channel's outbound sync: pushes, backlog, lag, last accepted values",
+         SyncStatus, params=(CHANNEL, Param("sku", "query", {"type": "array", "items": _NAME,
+                                                              "maxItems": MAX_ATS_SKUS},
+                                            "SKUs to give the last accepted value of")),
+         errors=("not-found", "validation"), name="get_sync"),
     *_moves(),
     Spec("GET", "/v1/moves", list_moves, ANY, "Committed moves from the ledger, oldest first",
          s.MovePage, params=(

@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from api.app import create_app
+from api.auth import Role, create_key
 from engine import Engine, Policy, PolicyKind
 from engine.channels import inbound
 from engine.channels.sim.base import free_port, serving
@@ -39,6 +40,7 @@ class Stack:
     worker: ChannelWorker
     url: str
     channels: dict[str, SimulatedChannel]
+    key: str = ""  # a read-only API key
 
     async def committed(self, sku: str) -> int:
         return sum(loc.committed for loc in (await self.engine.stock(sku)).locations)
@@ -80,11 +82,13 @@ async def stack(client: Any, redis_url: str, tmp_path: Path) -> AsyncIterator[St
         configs = [c.config for c in sims]
         app = create_app(settings, access_log=False, channels=configs)
         async with serving(app, port) as url, connectors(configs) as connected:
+            key, _ = await create_key(app.state.store, "ops", Role.READ_ONLY)
+            await app.state.keys.load()
             worker = ChannelWorker(engine, connected, resync_interval_s=3600)
             stop = asyncio.Event()
             task = asyncio.create_task(worker.run(stop))
             try:
-                yield Stack(engine, worker, url, {c.name: c for c in sims})
+                yield Stack(engine, worker, url, {c.name: c for c in sims}, key)
             finally:
                 stop.set()
                 await asyncio.wait_for(task, 10)
@@ -242,3 +246,17 @@ async def test_a_redelivered_webhook_is_acknowledged_as_a_duplicate(stack: Stack
     await eventually(sold)
     await stack.converged("B")
     assert await stack.committed("B") == 1
+
+
+async def test_operators_read_each_channels_sync_state(stack: Stack) -> None:
+    await stack.engine.receive("A", "wh1", 6)
+    await stack.converged("A")
+    await stack.worker.sync.save_stats()
+    auth = {"Authorization": f"Bearer {stack.key}"}
+    async with httpx.AsyncClient(base_url=stack.url, headers=auth) as http:
+        shown = (await http.get("/v1/channels/ebay/sync", params={"sku": ["A", "B"]})).json()
+        unknown = await http.get("/v1/channels/nowhere/sync")
+    assert shown["channel"] == "ebay" and shown["pushes"] >= 1 and shown["backlog"] == 0
+    assert shown["skus"]["A"]["qty"] == 6 and shown["skus"]["A"]["at_ms"] > 0
+    assert shown["skus"]["B"]["qty"] == 0  # pushed at start: nothing to sell
+    assert unknown.status_code == 404

@@ -416,3 +416,36 @@ class SyncWorker:
                     await work()
                 except Exception:
                     log.exception("sync: periodic work failed")
+
+
+class Pushed(msgspec.Struct, frozen=True):
+    qty: int
+    at_ms: int
+
+
+class SyncStatus(msgspec.Struct, frozen=True):
+    """One channel's outbound sync as its worker last saved it (about every second)."""
+
+    channel: str
+    changes: int = 0
+    pushes: int = 0
+    failures: int = 0
+    retries: int = 0
+    own: int = 0
+    backlog: int = 0
+    last_push_ms: int = 0
+    lag_ms: int = 0
+    skus: dict[str, Pushed] = {}  # what the channel last accepted, of the SKUs asked for
+
+
+async def status(client: Any, channel: str, skus: list[str]) -> SyncStatus:
+    """The saved stats of a channel's sync, and its last accepted value of each SKU asked."""
+    stats = {k: int(float(v)) for k, v in (await client.hgetall(stats_key(channel))).items()}
+    known = {f.name for f in msgspec.structs.fields(SyncStatus)}
+    pushed = {}
+    if skus:
+        for sku, value in zip(skus, await client.hmget(pushed_key(channel), skus), strict=True):
+            if value:
+                qty, at_ms, *_ = value.split(":")
+                pushed[sku] = Pushed(int(qty), int(at_ms))
+    return SyncStatus(channel, skus=pushed, **{k: v for k, v in stats.items() if k in known})
