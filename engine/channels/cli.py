@@ -10,13 +10,13 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from ..cli import _stop_on_signals
 from ..config import Settings
 from ..connect import open_engine
 from .base import ChannelConfig
@@ -83,14 +83,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(_simulate(settings, args))
 
 
-def _stop_event() -> asyncio.Event:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
-
-
 async def _sync(settings: Settings, configs: list[ChannelConfig], args: argparse.Namespace) -> int:
     from .worker import ChannelWorker, connectors
 
@@ -99,7 +91,7 @@ async def _sync(settings: Settings, configs: list[ChannelConfig], args: argparse
     async with open_engine(settings) as engine, connectors(configs) as connected:
         worker = ChannelWorker(engine, connected)
         if not args.resync:
-            await worker.run(_stop_event())
+            await worker.run(_stop_on_signals())
             return 0
         await worker.sync.load()
         await worker.sync.resync(force=True)
@@ -133,7 +125,7 @@ async def _rebalance(settings: Settings, args: argparse.Namespace) -> int:
         async with open_engine(settings) as engine:
             rebalancer = Rebalancer(engine, store, config)
             if not args.once:
-                await rebalancer.run(_stop_event())
+                await rebalancer.run(_stop_on_signals())
                 return 0
             for change in await rebalancer.run_once():
                 moved = f"{change.old_qty} -> {change.new_qty} ({change.velocity:.4f}/s)"
@@ -165,5 +157,5 @@ async def _simulate(settings: Settings, args: argparse.Namespace) -> int:
         print(f"channel config written to {args.write_config}: "
               f"stockguard serve --config {args.write_config}", flush=True)  # fmt: skip
         with contextlib.suppress(asyncio.CancelledError):
-            await _stop_event().wait()
+            await _stop_on_signals().wait()
     return 0
