@@ -178,7 +178,10 @@ class ChannelSync:
         few ms of lag buy far fewer platform calls, which is what the lag is made of."""
         if len(ready) >= self.connector.max_batch:
             return
-        oldest = min(self.pending[sku][1] for sku in ready)
+        waiting = [self.pending[sku][1] for sku in ready if sku in self.pending]
+        if not waiting:  # taken back while this waited for a slot
+            return
+        oldest = min(waiting)
         wait_ms = oldest + self.linger_ms - now_ms()
         if wait_ms > 0:
             await asyncio.sleep(wait_ms / 1000)
