@@ -4,12 +4,15 @@ The worker follows every partition's outbox (from a position it keeps, so it nev
 holds back the writer's trimming). Each entry names the SKUs whose ATS may have moved:
 moves, hold events, oversells, SKU settings; a catalog change touches every SKU. For
 those SKUs it reads the ATS of every connected channel that lists them and queues the
-new absolute value, replacing any value still waiting: only the latest is pushed, and a
-value equal to the last one the channel accepted is not pushed at all.
+new absolute value, replacing any value still waiting: only the latest is pushed. A
+value the channel already holds is not pushed at all: what it last accepted, less what
+its own orders took since (the ATS script reads those units in the same instant), since
+the platform took them off its storefront itself (ChannelSync.offer says why it matters).
 
-Each channel has its own pusher. It sends batches of the connector's size, at most
-`max_in_flight` at once, never the same SKU twice at once (so an older value cannot land
-after a newer one), within the connector's rate limits. A push that fails transiently is
+Each channel has its own pusher. It lets a batch gather for `linger_ms` (20), sends
+batches of the connector's size, at most `max_in_flight` (1) at once, never the same SKU
+twice at once (so an older value cannot land after a newer one), within the connector's
+rate limits; both are channel options too. A push that fails transiently is
 queued again unless a newer value took its place; a refusal is logged and counted.
 
 State in Redis, per channel: `sync:<channel>:pushed` (sku -> "qty:at_ms:ordered", what the
