@@ -108,3 +108,24 @@ def problem(r: httpx.Response, status: int, name: str, **data: Any) -> dict[str,
     for key, value in data.items():
         assert body.get(key) == value, (key, body)
     return body
+
+
+def receiver(connector: Any, received: list[Any]) -> Any:
+    """A channel's webhook endpoint in miniature: verify, then keep what was delivered."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from engine.channels.base import BadDelivery, SignatureError
+
+    async def hook(request: Request) -> Response:
+        try:
+            received.append(connector.verify(request.headers, await request.body(), ""))
+        except SignatureError:
+            return Response(status_code=401)
+        except BadDelivery:
+            return Response(status_code=400)
+        return Response(status_code=200)
+
+    return Starlette(routes=[Route("/hook", hook, methods=["POST"])])

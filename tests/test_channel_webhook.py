@@ -10,15 +10,11 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from helpers import receiver
 
 from engine.channels.base import (
     BadDelivery,
     ChannelConfig,
-    Connector,
     Delivery,
     EventKind,
     Listing,
@@ -47,21 +43,6 @@ def config(base_url: str = "http://shop.invalid", **options: Any) -> ChannelConf
         options=options,
         listings=tuple(LISTINGS),
     )
-
-
-def receiver(connector: Connector, received: list[Delivery]) -> Starlette:
-    """Our webhook endpoint in miniature: verify, then keep what was delivered."""
-
-    async def hook(request: Request) -> Response:
-        try:
-            received.append(connector.verify(request.headers, await request.body(), ""))
-        except SignatureError:
-            return Response(status_code=401)
-        except BadDelivery:
-            return Response(status_code=400)
-        return Response(status_code=200)
-
-    return Starlette(routes=[Route("/hook", hook, methods=["POST"])])
 
 
 @contextlib.asynccontextmanager
