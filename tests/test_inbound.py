@@ -3,12 +3,19 @@ once, stale and out-of-order events change nothing, refunds restock once."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
+
 import pytest
 from helpers import setup_shop
 
 from engine import Engine
-from engine.channels.base import EventKind, OrderEvent, OrderLine
-from engine.channels.inbound import Processor
+from engine.channels.base import Delivery, EventKind, OrderEvent, OrderLine
+from engine.channels.inbound import INBOX, Inbox, Processor
+from engine.channels.simulate import plan, running
+from engine.channels.sync import SyncWorker
+from engine.channels.worker import connectors
 
 LINE = (OrderLine("1", "A", 2),)
 
@@ -74,3 +81,46 @@ async def test_a_line_of_an_unknown_sku_is_refused_and_the_rest_of_the_order_sel
     await processor.apply("web", OrderEvent(EventKind.CREATED, "o-9", lines, 1000))
     assert processor.stats["lines_refused"] == 1
     assert await committed(processor.engine) == 1
+
+
+async def until(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "not within 10 s"
+        await asyncio.sleep(0.02)
+
+
+async def test_the_inbox_accepts_a_delivery_once(engine: Engine) -> None:
+    inbox = Inbox(engine)
+    delivery = Delivery("d-1", (event(EventKind.CREATED, 1000),))
+    before = await engine.client.xlen(INBOX)
+    assert await inbox.accept("web", delivery) is True
+    assert await inbox.accept("web", delivery) is False  # the platform's redelivery
+    assert await inbox.accept("pos", delivery) is True  # another channel's own id space
+    assert await engine.client.xlen(INBOX) == before + 2
+
+
+async def test_the_sync_worker_follows_every_partition_to_a_platform(engine: Engine) -> None:
+    """On a single node and on the cluster: the outbox read per partition, the positions,
+    the ATS with own orders, the pushed values."""
+    await setup_shop(engine, skus=("A", "B", "C", "D"))
+    skus = ["A", "B", "C", "D"]
+    (web,) = plan(skus, "http://127.0.0.1:9", limits=False, channels=("web",))
+    async with running([web]), connectors([web.config]) as connected:
+        sync = SyncWorker(engine, connected.values(), resync_interval_s=3600)
+        stop = asyncio.Event()
+        task = asyncio.create_task(sync.run(stop))
+        try:
+            for n, sku in enumerate(skus, start=1):
+                await engine.receive(sku, "wh1", n)
+            await until(lambda: web.simulator.quantities == {"A": 1, "B": 2, "C": 3, "D": 4})
+            # The platform's own sale: it took the unit off itself, so nothing is pushed back.
+            await engine.record_order("web", "o-7", "1", "D", 1)
+            await until(lambda: sync.channels["web"].stats.own == 1)
+            assert web.simulator.quantities["D"] == 4
+            await engine.receive("D", "wh1", 2)  # anything else is pushed, own sale counted
+            await until(lambda: web.simulator.quantities["D"] == 5)
+        finally:
+            stop.set()
+            await task
+    assert sync.channels["web"].stats.failures == 0

@@ -91,6 +91,7 @@ class Stats(msgspec.Struct):
     pushes: int = 0  # values the channel accepted
     failures: int = 0  # values refused (not retried)
     retries: int = 0
+    own: int = 0  # values not pushed: the platform's own orders had already set them there
     last_push_ms: int = 0
     lag_ms: int = 0  # of the last accepted push: from the stock change to acceptance
 
@@ -134,6 +135,8 @@ class ChannelSync:
         since that we have not heard of yet (an absolute write cannot tell)."""
         if not force and sku not in self.in_flight and self.holds(sku, qty, ordered):
             self.pending.pop(sku, None)
+            if self.last[sku] != qty:
+                self.stats.own += 1
             self.last[sku], self.ordered[sku] = qty, ordered
             return
         first = self.pending.get(sku)
