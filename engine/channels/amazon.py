@@ -25,7 +25,7 @@ import gzip
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -46,7 +46,7 @@ from .base import (
     PushResult,
     SignatureError,
 )
-from .limits import Exhausted, RateLimiter, TokenBucket, send
+from .limits import Exhausted, RateLimiter, TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -176,18 +176,6 @@ class AmazonConnector(Connector):
 
     # -- calls --------------------------------------------------------------------------
 
-    async def _send(
-        self, call: Callable[[], Awaitable[httpx.Response]], bucket: TokenBucket
-    ) -> httpx.Response:
-        option = self.config.option
-        return await send(
-            call,
-            bucket,
-            attempts=int(option("retry_attempts", 5)),
-            base_s=float(option("retry_base_s", 0.05)),
-            cap_s=float(option("retry_cap_s", 5.0)),
-        )
-
     async def _api(
         self, operation: str, method: str, path: str, *, params: Any = None, body: Any = None
     ) -> httpx.Response:
@@ -197,7 +185,7 @@ class AmazonConnector(Connector):
         def call() -> Awaitable[httpx.Response]:
             return self.http.request(method, url, params=params, json=body, headers=headers)
 
-        return await self._send(call, self.buckets[operation])
+        return await self.send(call, self.buckets[operation])
 
     async def _json(
         self, operation: str, method: str, path: str, *, params: Any = None, body: Any = None
@@ -218,7 +206,7 @@ class AmazonConnector(Connector):
             return self.http.request(method, url, content=content, headers=headers)
 
         try:
-            response = await self._send(call, self.unlimited)
+            response = await self.send(call, self.unlimited)
         except Exhausted as e:
             raise AmazonError(f"feed document: {e}", retry=True) from e
         if not response.is_success:

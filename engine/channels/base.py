@@ -9,14 +9,14 @@ quantities in platform-sized batches (engine/channels/sync.py decides what and w
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from enum import StrEnum
 from typing import Any, ClassVar
 
 import httpx
 import msgspec
 
-from .limits import RateLimiter
+from .limits import RateLimiter, send
 
 
 class Platform(StrEnum):
@@ -149,6 +149,23 @@ class Connector(abc.ABC):
         self.http = http
         self.by_sku = {listing.sku: listing for listing in config.listings}
         self.limiter = self.make_limiter()
+
+    async def send(
+        self,
+        call: Callable[[], Awaitable[httpx.Response]],
+        limiter: RateLimiter | None = None,
+    ) -> httpx.Response:
+        """One platform call under a limiter (self.limiter by default), with the retry
+        policy of limits.send and the channel's retry_attempts (5), retry_base_s (0.05) and
+        retry_cap_s (5.0) options."""
+        option = self.config.option
+        return await send(
+            call,
+            self.limiter if limiter is None else limiter,
+            attempts=int(option("retry_attempts", 5)),
+            base_s=float(option("retry_base_s", 0.05)),
+            cap_s=float(option("retry_cap_s", 5.0)),
+        )
 
     @abc.abstractmethod
     def make_limiter(self) -> RateLimiter:

@@ -33,7 +33,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
@@ -59,7 +59,7 @@ from .base import (
     PushResult,
     SignatureError,
 )
-from .limits import Exhausted, RateLimiter, TokenBucket, send
+from .limits import Exhausted, RateLimiter, TokenBucket
 
 # [U] names not re-read in eBay's docs; option "fields" overrides any of them.
 FIELDS = {
@@ -247,19 +247,10 @@ class EbayConnector(Connector):
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.config.secret('access_token')}"}
 
-    async def _send(self, call: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
-        return await send(
-            call,
-            self.limiter,
-            attempts=int(self.config.option("retry_attempts", 5)),
-            base_s=float(self.config.option("retry_base_s", 0.05)),
-            cap_s=float(self.config.option("retry_cap_s", 5.0)),
-        )
-
     async def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
         """A GET's JSON; raises Exhausted (transient) or httpx.HTTPStatusError (other)."""
         url = self.base_url + path
-        response = await self._send(
+        response = await self.send(
             lambda: self.http.get(url, params=params, headers=self._headers())
         )
         response.raise_for_status()
@@ -288,7 +279,7 @@ class EbayConnector(Connector):
 
     async def _fetch_key(self, kid: str) -> PublicKey | None:
         url = self.base_url + KEY_PATH + quote(kid, safe="")
-        response = await self._send(lambda: self.http.get(url, headers=self._headers()))
+        response = await self.send(lambda: self.http.get(url, headers=self._headers()))
         if response.status_code == 404:
             return None
         response.raise_for_status()
@@ -401,7 +392,7 @@ class EbayConnector(Connector):
         body = {"requests": [request(item) for item in chunk]}
         url = self.base_url + PUSH_PATH
         try:
-            response = await self._send(
+            response = await self.send(
                 lambda: self.http.post(url, json=body, headers=self._headers())
             )
         except Exhausted as exc:

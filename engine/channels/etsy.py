@@ -52,7 +52,7 @@ from .base import (
     PushResult,
     SignatureError,
 )
-from .limits import Exhausted, RateLimiter, TokenBucket, send
+from .limits import Exhausted, RateLimiter, TokenBucket
 
 API = "/v3/application"
 RECEIPT_PATH = re.compile(r"/shops/([^/]+)/receipts/([^/?#]+)")
@@ -425,14 +425,7 @@ class EtsyConnector(Connector):
 
     async def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One API call under QPS/QPD with retries (limits.send)."""
-        options = self.config.options
-        return await send(
-            lambda: self.request(method, path, **kwargs),
-            self.limiter,
-            attempts=int(options.get("retry_attempts", 5)),
-            base_s=float(options.get("retry_base_s", 0.05)),
-            cap_s=float(options.get("retry_cap_s", 5.0)),
-        )
+        return await self.send(lambda: self.request(method, path, **kwargs))
 
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         if not self.day.take():

@@ -36,7 +36,7 @@ from .base import (
     PushResult,
     SignatureError,
 )
-from .limits import Exhausted, RateLimiter, TokenBucket, send
+from .limits import Exhausted, RateLimiter, TokenBucket
 
 API_VERSION = "2026-04"
 BUCKET_POINTS = 1000.0
@@ -438,13 +438,7 @@ class ShopifyConnector(Connector):
             return throttled_as_429(await self.http.post(url, json=body, headers=headers))
 
         try:
-            response = await send(
-                call,
-                self.limiter,
-                attempts=int(self.config.option("retry_attempts", 5)),
-                base_s=float(self.config.option("retry_base_s", 0.05)),
-                cap_s=float(self.config.option("retry_cap_s", 5.0)),
-            )
+            response = await self.send(call)
         except Exhausted as exc:
             raise _Failed(f"transient: {exc}", retry=True) from exc
         return self._data(response)

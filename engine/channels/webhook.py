@@ -52,7 +52,7 @@ from .base import (
     PushResult,
     SignatureError,
 )
-from .limits import Exhausted, RateLimiter, TokenBucket, send
+from .limits import Exhausted, RateLimiter, TokenBucket
 
 SIGNATURE_HEADER = "stockguard-signature"
 KINDS = {
@@ -184,14 +184,9 @@ class WebhookConnector(Connector):
         }
         url = self.config.base_url.rstrip("/") + "/inventory"
         timeout_s = float(self.config.option("timeout_s", 10.0))
-        options = self.config.options
         try:
-            response = await send(
-                lambda: self.http.post(url, content=body, headers=headers, timeout=timeout_s),
-                self.limiter,
-                attempts=int(options.get("retry_attempts", 5)),
-                base_s=float(options.get("retry_base_s", 0.05)),
-                cap_s=float(options.get("retry_cap_s", 5.0)),
+            response = await self.send(
+                lambda: self.http.post(url, content=body, headers=headers, timeout=timeout_s)
             )
         except Exhausted as exc:
             return [PushResult(p.sku, ok=False, retry=True, error=str(exc)) for p in pushes]
