@@ -68,6 +68,7 @@ class Simulator:
     name their limiters, and turn a storefront order into deliveries (`deliveries()`)."""
 
     platform = "base"
+    RETRY_DELAYS_S: tuple[float, ...] = (0.05, 0.2, 1.0, 2.0)  # webhook retries, scaled down
 
     def __init__(
         self,
@@ -76,7 +77,7 @@ class Simulator:
         webhook_url: str = "",
         limits: bool = True,
         duplicate_rate: float = 0.0,
-        retry_delays_s: tuple[float, ...] = (0.05, 0.2, 1.0, 2.0),
+        retry_delays_s: tuple[float, ...] | None = None,
         options: dict[str, Any] | None = None,
     ) -> None:
         self.listings = listings
@@ -84,7 +85,7 @@ class Simulator:
         self.webhook_url = webhook_url
         self.limits_on = limits
         self.duplicate_rate = duplicate_rate
-        self.retry_delays_s = retry_delays_s
+        self.retry_delays_s = self.RETRY_DELAYS_S if retry_delays_s is None else retry_delays_s
         self.options = options or {}
         self.faults = Faults()
         self.limiters: dict[str, TokenBucket] = {}
@@ -92,6 +93,10 @@ class Simulator:
         self._outbox: asyncio.Queue[Delivery] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
+        self.setup()
+
+    def setup(self) -> None:
+        """What a platform keeps beside the base's state, from its listings and options."""
 
     def reset(self) -> None:
         self.quantities: dict[str, int] = {}  # by SKU: what the storefront can sell

@@ -72,25 +72,10 @@ class EbaySimulator(Simulator):
 
     platform = "ebay"
 
-    def __init__(
-        self,
-        listings: list[Listing],
-        *,
-        webhook_url: str = "",
-        limits: bool = True,
-        duplicate_rate: float = 0.0,
-        retry_delays_s: tuple[float, ...] = (0.05, 0.2, 1.0, 2.0),
-        options: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(
-            listings,
-            webhook_url=webhook_url,
-            limits=limits,
-            duplicate_rate=duplicate_rate,
-            retry_delays_s=retry_delays_s,
-            options=options,
-        )
-        self.by_ebay_sku = {listing.ids.get("sku", listing.sku): listing for listing in listings}
+    def setup(self) -> None:
+        self.by_ebay_sku = {
+            listing.ids.get("sku", listing.sku): listing for listing in self.listings
+        }
         self.private_key = ec.generate_private_key(ec.SECP256R1())
         self.kid = str(self.options.get("kid") or uuid.uuid4())
         self.tz = ZoneInfo(str(self.options.get("revision_day_tz", "America/Los_Angeles")))

@@ -28,7 +28,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..base import Listing
 from ..shopify import API_VERSION, BUCKET_POINTS, RESTORE_PER_S, call_cost, hmac_b64
 from .base import Delivery, Order, Simulator, now_ms
 
@@ -101,23 +100,12 @@ class ShopifySimulator(Simulator):
 
     platform = "shopify"
 
-    def __init__(
-        self,
-        listings: list[Listing],
-        *,
-        webhook_url: str = "",
-        limits: bool = True,
-        duplicate_rate: float = 0.0,
-        retry_delays_s: tuple[float, ...] = RETRY_DELAYS_S,
-        options: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(
-            listings, webhook_url=webhook_url, limits=limits, duplicate_rate=duplicate_rate,
-            retry_delays_s=retry_delays_s, options=options,
-        )  # fmt: skip
+    RETRY_DELAYS_S = RETRY_DELAYS_S
+
+    def setup(self) -> None:
         self.by_level = {
             (listing.ids["inventory_item_id"], listing.ids["location_id"]): listing
-            for listing in listings
+            for listing in self.listings
             if "inventory_item_id" in listing.ids and "location_id" in listing.ids
         }
         self.inventory_items = {item for item, _ in self.by_level}
