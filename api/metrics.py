@@ -58,6 +58,16 @@ class _Snapshot:
         )
         settled.add_metric([], v.get("settled", 0))
         yield settled
+        inbox = GaugeMetricFamily(
+            "stockguard_channel_inbox_backlog", "Channel deliveries accepted, not yet applied"
+        )
+        inbox.add_metric([], v.get("inbox", 0))
+        yield inbox
+        inbox_age = GaugeMetricFamily(
+            "stockguard_channel_inbox_age_seconds", "Age of the oldest delivery not yet applied"
+        )
+        inbox_age.add_metric([], v.get("inbox_age_s", 0))
+        yield inbox_age
 
 
 class Metrics:
@@ -105,12 +115,15 @@ class Metrics:
     async def render(self, client: Any, store: Any = None, channels: tuple[str, ...] = ()) -> bytes:
         """The exposition text, with writer lag, sweeper totals, channel sync state (from
         Redis) and channel oversells (from the ledger) read now."""
+        from engine.channels import inbound
         from engine.writer import Writer
 
         self._snapshot.channels = await _channel_samples(client, store, channels)
+        waiting, age_ms = await inbound.lag(client)
 
         stats = await client.hgetall(SWEEPER_STATS)
         values = {"runs": float(stats.get("runs", 0)), "settled": float(stats.get("settled", 0))}
+        values.update(inbox=waiting, inbox_age_s=age_ms / 1000)
         try:
             lag = await Writer(client, None).lag()  # type: ignore[arg-type]
             values.update(pending=lag.pending, age_s=lag.oldest_age_ms / 1000)

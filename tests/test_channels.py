@@ -260,3 +260,8 @@ async def test_operators_read_each_channels_sync_state(stack: Stack) -> None:
     assert shown["skus"]["A"]["qty"] == 6 and shown["skus"]["A"]["at_ms"] > 0
     assert shown["skus"]["B"]["qty"] == 0  # pushed at start: nothing to sell
     assert unknown.status_code == 404
+    async with httpx.AsyncClient(base_url=stack.url) as http:
+        metrics = (await http.get("/metrics")).text
+    assert "stockguard_channel_inbox_backlog 0.0" in metrics
+    assert 'stockguard_channel_sync_backlog{channel="ebay"} 0.0' in metrics
+    assert 'stockguard_channel_pushes_total{channel="ebay"}' in metrics

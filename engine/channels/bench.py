@@ -1,8 +1,9 @@
 """`stockguard bench sync`: how fast an ATS change reaches every platform, and how much
 the sync coalesces.
 
-One process: the engine, the SyncWorker with the four platform connectors, and their
-simulators on loopback (rate limits lifted unless asked). The load is `rate` ATS changes
+Three processes, as in production: the SyncWorker with the four platform connectors
+(this one), their simulators on loopback (rate limits lifted unless asked), and the load
+(checkout traffic) on an Engine of its own. The load is `rate` ATS changes
 a second across `skus` SKUs: each change receives one unit of a random SKU, so its ATS
 on every channel rises by one, and the value after the change identifies it. A change's
 lag on a channel is from the moment the engine applied it to the moment the simulator
@@ -183,7 +184,7 @@ class Platforms:
 async def run(
     engine: Engine,
     *,
-    url: str | None = None,  # the server's: the load then runs in a process of its own
+    url: str,  # the server's, for the load's process
     skus: int = 100,
     rate: int = 1000,
     seconds: float = 10.0,
@@ -204,10 +205,7 @@ async def run(
             await _until(lambda: platforms.converged(engine, names), settle_s)
             before = {c.channel: (await platforms.get(c, "history"))["updates"]
                       for c in platforms.configs}  # fmt: skip
-            if url is None:
-                changes = await load(engine, names, rate, seconds)
-            else:
-                changes = await load_elsewhere(url, names, rate, seconds)
+            changes = await load_elsewhere(url, names, rate, seconds)
             final_ok = await _until(lambda: platforms.converged(engine, names), settle_s)
             stop.set()
             await task

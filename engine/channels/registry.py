@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from .base import ChannelConfig, Connector, Listing, Platform
+from .base import ChannelConfig, Connector, Platform
 
 _CLASSES = {
     Platform.SHOPIFY: "shopify:Shopify",
@@ -80,7 +80,3 @@ def channel_configs(tables: dict[str, Any], base_dir: Path = Path()) -> list[Cha
         except msgspec.ValidationError as error:
             raise ConfigError(f"channels.{name}: {error}") from None
     return configs
-
-
-def listed(configs: list[ChannelConfig]) -> dict[str, list[Listing]]:
-    return {c.channel: list(c.listings) for c in configs}
