@@ -87,7 +87,7 @@ def _bearer(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 past `limit` bytes (read straight off the ASGI channel)."""
     length = request.headers.get("content-length")
     if length is not None and length.isascii() and length.isdigit() and int(length) > limit:
@@ -151,7 +151,7 @@ def endpoint(spec: Spec) -> Callable[[Request], Awaitable[Response]]:
         try:
             principal = await state.keys.authenticate(_bearer(request))
             require(principal, spec.roles)
-            raw = await _read_body(request, state.max_body_bytes) if spec.mutating else b""
+            raw = await read_body(request, state.max_body_bytes) if spec.mutating else b""
             call = Call(request, principal, decode(raw))
             key = request.headers.get("idempotency-key") if spec.mutating else None
             if key is None:

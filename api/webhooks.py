@@ -26,26 +26,15 @@ from starlette.responses import JSONResponse, Response
 
 from engine.channels.base import BadDelivery, Challenge, Connector, SignatureError
 
-from .problems import problem
+from . import problems
+from .endpoint import read_body
+from .problems import ApiError, problem
 
 log = logging.getLogger("stockguard.webhooks")
 
 
 def _refuse(request: Request, status: int, kind: str, title: str, detail: str) -> Response:
     return problem(request, status, kind, title, detail, {})
-
-
-async def _body(request: Request) -> bytes | None:
-    limit = int(request.app.state.max_body_bytes)
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        return None
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
 
 
 async def _verify(connector: Connector, request: Request, body: bytes) -> Any:
@@ -61,10 +50,10 @@ async def receive(request: Request) -> Response:
     if connector is None:
         return _refuse(request, 404, "not-found", "No such channel",
                        f"no connected channel {channel!r} takes webhooks")  # fmt: skip
-    body = await _body(request)
-    if body is None:
-        return _refuse(request, 413, "body-too-large", "Body too large",
-                       f"at most {request.app.state.max_body_bytes} bytes")  # fmt: skip
+    try:
+        body = await read_body(request, request.app.state.max_body_bytes)
+    except ApiError as error:  # 413
+        return problems.render(request, error)
     try:
         delivery = await _verify(connector, request, body)
     except Challenge as challenge:
