@@ -32,7 +32,7 @@ from engine.channels.base import ChannelConfig
 from engine.channels.rebalance import RebalanceConfig, Rebalancer
 from engine.channels.registry import ConfigError, channel_configs
 from engine.config import Settings, tune_gc
-from engine.embedded import EmbeddedValkey
+from engine.embedded import EmbeddedValkey, malloc
 from engine.errors import ValidationError
 from engine.store import Store
 
@@ -330,7 +330,7 @@ def serve(argv_options: Options) -> int:
         embedded = EmbeddedValkey(data, appendfsync=options.appendfsync)
         embedded.start()
         options = replace(options, redis_url=embedded.url)
-        note = f"  (embedded valkey-server, AOF {options.appendfsync}, data in {data})"
+        note = f"  (embedded valkey-server, AOF {options.appendfsync}, {malloc()}, data in {data})"
     background = None
     try:
         key = asyncio.run(_first_key(options.settings()))

@@ -17,7 +17,7 @@ from pathlib import Path
 from .cluster import EmbeddedCluster
 from .config import Settings, tune_gc
 from .connect import connect, open_engine
-from .embedded import EmbeddedValkey
+from .embedded import EmbeddedValkey, malloc
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -242,7 +242,10 @@ async def _bench(settings: Settings, target: str, seconds: float, postgres: str 
             tempfile.TemporaryDirectory(prefix="stockguard-bench-") as tmp,
             EmbeddedValkey(tmp, appendfsync=settings.appendfsync) as server,
         ):
-            print(f"bench: embedded valkey-server at {server.url} (AOF {settings.appendfsync})")
+            print(
+                f"bench: embedded valkey-server at {server.url} "
+                f"(AOF {settings.appendfsync}, {malloc()})"
+            )
             await _bench_on(server.url, settings, target, seconds, postgres, Path(tmp))
         return 0
     client = await connect(settings.redis_url)

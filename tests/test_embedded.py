@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -96,6 +97,19 @@ def test_config_flags_are_applied(tmp_path: Path) -> None:
         assert client.config_get("bind") == {"bind": "127.0.0.1"}
         assert client.config_get("save") == {"save": ""}
         assert Path(client.config_get("dir")["dir"]) == tmp_path.resolve()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc")
+def test_server_runs_on_jemalloc_where_the_system_has_it(tmp_path: Path) -> None:
+    with EmbeddedValkey(tmp_path):
+        maps = Path(f"/proc/{_state(tmp_path)['child_pid']}/maps").read_text()
+    library = embedded.allocator()
+    if library is None:
+        assert "jemalloc" not in maps
+        assert embedded.malloc() == "libc malloc"
+    else:
+        assert f"/{library}" in maps  # the dynamic linker loaded it into valkey-server
+        assert embedded.malloc() == "jemalloc"
 
 
 def test_rejects_unknown_appendfsync(tmp_path: Path) -> None:
@@ -242,6 +256,20 @@ def _covered_slots(port: int) -> tuple[int, set[int]]:
     return covered, master_ports
 
 
+@contextlib.contextmanager
+def _cluster_client(url: str) -> Iterator[redis.RedisCluster]:
+    """A cluster client whose node connections are closed on exit: RedisCluster.close()
+    leaves them to the garbage collector, which reports them as unclosed sockets."""
+    client = redis.RedisCluster.from_url(url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        for node in client.get_nodes():
+            if node.redis_connection is not None:
+                node.redis_connection.connection_pool.disconnect()
+        client.close()
+
+
 def test_cluster_serves_keys_across_masters(tmp_path: Path) -> None:
     cluster = EmbeddedCluster(tmp_path)
     keys = {"{a}x": "1", "{b}x": "2", "{c}x": "3"}
@@ -250,7 +278,7 @@ def test_cluster_serves_keys_across_masters(tmp_path: Path) -> None:
         assert len(set(ports)) == 3
         assert cluster.url == f"redis://127.0.0.1:{ports[0]}"
         pids = [_state(tmp_path / f"node-{i}")["child_pid"] for i in range(3)]
-        with redis.RedisCluster.from_url(cluster.url, decode_responses=True) as client:
+        with _cluster_client(cluster.url) as client:
             assert len(client.get_primaries()) == 3
             for key, value in keys.items():
                 client.set(key, value)
@@ -263,5 +291,5 @@ def test_cluster_serves_keys_across_masters(tmp_path: Path) -> None:
 
     with EmbeddedCluster(tmp_path) as again:
         assert again.ports == ports
-        with redis.RedisCluster.from_url(again.url, decode_responses=True) as client:
+        with _cluster_client(again.url) as client:
             assert {key: client.get(key) for key in keys} == keys
