@@ -184,11 +184,16 @@ class Simulator:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def prepare(self, delivery: Delivery) -> None:
+        """Called before each attempt (delivery.attempts is its number): a platform that signs
+        each attempt afresh does it here."""
+
     async def _deliver(self, delivery: Delivery) -> None:
         assert self._http is not None
         for delay in (0.0, *self.retry_delays_s):
             await asyncio.sleep(delay)
             delivery.attempts += 1
+            self.prepare(delivery)
             try:
                 response = await self._http.post(
                     delivery.url, content=delivery.body, headers=delivery.headers

@@ -22,7 +22,6 @@ partial_status 207 [U], cancel_restocks True [U], kid (default a uuid4).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -35,7 +34,6 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import httpx
 import msgspec
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -288,24 +286,9 @@ class EbaySimulator(Simulator):
         """ORDER_CONFIRMATION is generated per line item."""
         return [self.notification(order.order_id, order.line_id)]
 
-    async def _deliver(self, delivery: Delivery) -> None:
-        assert self._http is not None
-        for delay in (0.0, *self.retry_delays_s):
-            await asyncio.sleep(delay)
-            delivery.attempts += 1
-            if isinstance(delivery, EbayDelivery):
-                self.publish(delivery)
-            try:
-                response = await self._http.post(
-                    delivery.url, content=delivery.body, headers=delivery.headers
-                )
-            except httpx.HTTPError:
-                self.failed_deliveries += 1
-                continue
-            if 200 <= response.status_code < 300:
-                self.delivered += 1
-                return
-            self.failed_deliveries += 1
+    def prepare(self, delivery: Delivery) -> None:
+        if isinstance(delivery, EbayDelivery):
+            self.publish(delivery)
 
     # -- storefront -----------------------------------------------------------------------
 
