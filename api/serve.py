@@ -32,7 +32,7 @@ from engine.channels.base import ChannelConfig
 from engine.channels.rebalance import RebalanceConfig, Rebalancer
 from engine.channels.registry import ConfigError, channel_configs
 from engine.config import Settings, tune_gc
-from engine.embedded import EmbeddedValkey, malloc
+from engine.embedded import EmbeddedValkey
 from engine.errors import ValidationError
 from engine.store import Store
 
@@ -56,6 +56,7 @@ class Options:
     idempotency_ttl_ms: int = 24 * 3600 * 1000
     finished_retention_ms: int = 24 * 3600 * 1000
     max_batch: int = 32
+    jemalloc: bool = True
     max_body_bytes: int = 1 << 20
     sweep_interval_ms: int = 500
     writer: bool = True
@@ -81,6 +82,7 @@ class Options:
             idempotency_ttl_ms=self.idempotency_ttl_ms,
             finished_retention_ms=self.finished_retention_ms,
             max_batch=self.max_batch,
+            jemalloc=self.jemalloc,
         )
 
 
@@ -95,6 +97,7 @@ HELP = {
     "idempotency_ttl_ms": "how long an Idempotency-Key or operation id replays",
     "finished_retention_ms": "how long finished holds stay readable",
     "max_batch": "most operations coalesced into one script call",
+    "jemalloc": "run the embedded Valkey on the system's jemalloc, where there is one",
     "max_body_bytes": "largest request body accepted (larger: 413)",
     "sweep_interval_ms": "how often the sweeper settles expired holds",
     "writer": "run the outbox writer in this serve",
@@ -327,10 +330,11 @@ def serve(argv_options: Options) -> int:
     note = ""
     if options.redis_url is None:
         data = Path(options.data_dir) / "valkey"
-        embedded = EmbeddedValkey(data, appendfsync=options.appendfsync)
+        embedded = EmbeddedValkey(data, appendfsync=options.appendfsync, jemalloc=options.jemalloc)
         embedded.start()
         options = replace(options, redis_url=embedded.url)
-        note = f"  (embedded valkey-server, AOF {options.appendfsync}, {malloc()}, data in {data})"
+        server = f"embedded valkey-server, AOF {options.appendfsync}, {embedded.malloc}"
+        note = f"  ({server}, data in {data})"
     background = None
     try:
         key = asyncio.run(_first_key(options.settings()))

@@ -17,7 +17,7 @@ from pathlib import Path
 from .cluster import EmbeddedCluster
 from .config import Settings, tune_gc
 from .connect import connect, open_engine
-from .embedded import EmbeddedValkey, malloc
+from .embedded import EmbeddedValkey
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -240,11 +240,13 @@ async def _bench(settings: Settings, target: str, seconds: float, postgres: str 
         # The benchmarks flush their database: never the user's data dir.
         with (
             tempfile.TemporaryDirectory(prefix="stockguard-bench-") as tmp,
-            EmbeddedValkey(tmp, appendfsync=settings.appendfsync) as server,
+            EmbeddedValkey(
+                tmp, appendfsync=settings.appendfsync, jemalloc=settings.jemalloc
+            ) as server,
         ):
             print(
                 f"bench: embedded valkey-server at {server.url} "
-                f"(AOF {settings.appendfsync}, {malloc()})"
+                f"(AOF {settings.appendfsync}, {server.malloc})"
             )
             await _bench_on(server.url, settings, target, seconds, postgres, Path(tmp))
         return 0
@@ -292,7 +294,7 @@ def _foreground(settings: Settings, *, cluster: bool) -> None:
     server: EmbeddedValkey | EmbeddedCluster = (
         EmbeddedCluster(data_dir)
         if cluster
-        else EmbeddedValkey(data_dir, appendfsync=settings.appendfsync)
+        else EmbeddedValkey(data_dir, appendfsync=settings.appendfsync, jemalloc=settings.jemalloc)
     )
     with server:
         print(f"REDIS_URL={server.url}  (data in {data_dir}; Ctrl-C stops it cleanly)", flush=True)

@@ -31,6 +31,7 @@ class Settings:
     idempotency_ttl_ms: int = DAY_MS  # how long an operation id replays its first outcome
     finished_retention_ms: int = DAY_MS  # how long finished holds stay readable
     max_batch: int = 32  # most operations coalesced into one script call
+    jemalloc: bool = True  # the embedded Valkey runs on the system's jemalloc, if it has one
 
     @property
     def ledger_url(self) -> str:
@@ -53,4 +54,5 @@ class Settings:
                 environ.get("STOCKGUARD_FINISHED_RETENTION_MS", defaults.finished_retention_ms)
             ),
             max_batch=int(environ.get("STOCKGUARD_MAX_BATCH", defaults.max_batch)),
+            jemalloc=environ.get("STOCKGUARD_JEMALLOC", "1").lower() in ("1", "true", "yes", "on"),
         )

@@ -38,7 +38,11 @@ async def open_engine(settings: Settings) -> AsyncIterator[Engine]:
     embedded = None
     url = settings.redis_url
     if url is None:
-        embedded = EmbeddedValkey(settings.data_dir / "valkey", appendfsync=settings.appendfsync)
+        embedded = EmbeddedValkey(
+            settings.data_dir / "valkey",
+            appendfsync=settings.appendfsync,
+            jemalloc=settings.jemalloc,
+        )
         url = embedded.running_url()  # a running `serve` on this data dir: share its server
         if url is None:
             embedded.start()

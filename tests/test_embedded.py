@@ -101,15 +101,23 @@ def test_config_flags_are_applied(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc")
 def test_server_runs_on_jemalloc_where_the_system_has_it(tmp_path: Path) -> None:
-    with EmbeddedValkey(tmp_path):
+    with EmbeddedValkey(tmp_path) as server:
         maps = Path(f"/proc/{_state(tmp_path)['child_pid']}/maps").read_text()
     library = embedded.allocator()
     if library is None:
         assert "jemalloc" not in maps
-        assert embedded.malloc() == "libc malloc"
+        assert server.malloc == "libc malloc"
     else:
         assert f"/{library}" in maps  # the dynamic linker loaded it into valkey-server
-        assert embedded.malloc() == "jemalloc"
+        assert server.malloc == "jemalloc"
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc")
+def test_jemalloc_can_be_turned_off(tmp_path: Path) -> None:
+    with EmbeddedValkey(tmp_path, jemalloc=False) as server:
+        maps = Path(f"/proc/{_state(tmp_path)['child_pid']}/maps").read_text()
+    assert "jemalloc" not in maps
+    assert server.malloc == "libc malloc"
 
 
 def test_rejects_unknown_appendfsync(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from helpers import Api
 
 from api.logs import JsonFormatter
 from api.serve import Options, add_arguments, resolve
+from engine.config import Settings
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -35,6 +36,14 @@ def test_flags_win_over_environment_which_wins_over_the_file(tmp_path: Path) -> 
     options = resolve(parse(), environ={**environ, "STOCKGUARD_ACCESS_LOG": "yes"})
     assert (options.workers, options.access_log) == (2, True)
     assert resolve(parse("--no-sweeper"), environ={}).sweeper is False
+
+
+def test_jemalloc_is_on_unless_turned_off() -> None:
+    assert resolve(parse(), environ={}).settings().jemalloc is True
+    assert resolve(parse("--no-jemalloc"), environ={}).settings().jemalloc is False
+    assert resolve(parse(), environ={"STOCKGUARD_JEMALLOC": "0"}).jemalloc is False
+    assert Settings.from_env({}).jemalloc is True
+    assert Settings.from_env({"STOCKGUARD_JEMALLOC": "off"}).jemalloc is False
 
 
 def test_bad_settings_are_refused_by_name(tmp_path: Path) -> None:
