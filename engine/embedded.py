@@ -179,11 +179,14 @@ def allocator() -> str | None:
     return ctypes.util.find_library("jemalloc")
 
 
-def _child_env(library: str | None) -> dict[str, str]:
-    env = dict(os.environ)
-    if library:
-        env["LD_PRELOAD"] = " ".join(filter(None, (library, env.get("LD_PRELOAD"))))
-    return env
+def _child_env(library: str | None) -> dict[str, str] | None:
+    """Our environment with library preloaded, or None (inherit it as it is)."""
+    if not library:
+        return None
+    return {
+        **os.environ,
+        "LD_PRELOAD": " ".join(filter(None, (library, os.environ.get("LD_PRELOAD")))),
+    }
 
 
 def _popen(argv: list[str], log: IO[bytes], preload: str | None) -> subprocess.Popen[bytes]:
