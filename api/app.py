@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -42,6 +43,23 @@ MAX_BODY_BYTES = 1 << 20
 SPECS = CORE_SPECS + SALE_SPECS
 log = logging.getLogger("stockguard.http")
 _NAME_PARAM = re.compile(r"\{(sku|location|channel|sale)\}")
+
+
+class _NameConvertor(Convertor[str]):
+    """Starlette's path convertor, except that it takes every character. There, '.' stops
+    at a newline and the route's '$' matches before one, so /v1/skus/A%0A would act on
+    SKU A; here the name reaches validation as it was sent, and is refused."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("name", _NameConvertor())
 _LITERAL = re.compile(r"/[a-z_]+(?=/|$)")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _encode = msgspec.json.Encoder().encode
@@ -136,12 +154,12 @@ def _routes(document: dict[str, Any]) -> list[BaseRoute]:
     by_path: dict[str, dict[str, Any]] = {}
     for spec in SPECS:
         by_path.setdefault(spec.path, {})[spec.method] = endpoint(spec)
-    # Names may hold '/', so their parameters match across segments ({sku:path}); the
+    # Names may hold '/', so their parameters match across segments ({sku:name}); the
     # paths with more literal segments go first, so /v1/skus/A/override is A's override.
     ordered = sorted(by_path, key=lambda path: -len(_LITERAL.findall(path)))
     routes: list[BaseRoute] = [
         Route(
-            _NAME_PARAM.sub(r"{\1:path}", path),
+            _NAME_PARAM.sub(r"{\1:name}", path),
             _dispatch(by_path[path]),
             methods=list(by_path[path]),
         )

@@ -87,6 +87,9 @@ CASES: dict[str, Bad] = {
     "unknown-sku-hold": expect(hold({"sku": "NOPE", "qty": 1}), 404, "unknown-sku", sku="NOPE"),
     "unknown-sku-receive": expect(receive("NOPE"), 404, "unknown-sku", sku="NOPE"),
     "unknown-sku-stock": Bad("GET", "/v1/stock/NOPE", None, 404, "unknown-sku", {"sku": "NOPE"}),
+    # A name is checked as sent: a trailing newline must not address SKU A.
+    "sku-trailing-newline": Bad("PUT", "/v1/skus/A%0A", {}, data={"field": "sku"}),
+    "sku-trailing-newline-receive": expect(receive("A%0A"), 422, "validation", field="sku"),
     "unknown-sku-policy": Bad(
         "PUT", "/v1/skus/NOPE/policies/web", {}, 404, "unknown-sku", {"sku": "NOPE"}
     ),
