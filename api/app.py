@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 from starlette.applications import Starlette
-from starlette.convertors import Convertor, register_url_convertor
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -45,18 +45,12 @@ log = logging.getLogger("stockguard.http")
 _NAME_PARAM = re.compile(r"\{(sku|location|channel|sale)\}")
 
 
-class _NameConvertor(Convertor[str]):
+class _NameConvertor(PathConvertor):
     """Starlette's path convertor, except that it takes every character. There, '.' stops
     at a newline and the route's '$' matches before one, so /v1/skus/A%0A would act on
     SKU A; here the name reaches validation as it was sent, and is refused."""
 
     regex = r"[\s\S]*"
-
-    def convert(self, value: str) -> str:
-        return value
-
-    def to_string(self, value: str) -> str:
-        return value
 
 
 register_url_convertor("name", _NameConvertor())

@@ -24,6 +24,28 @@ SWEEPER_STATS = f"{keys.PREFIX}:stats:sweeper"  # hash: runs, settled
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
+# Unlabelled samples: values key -> (metric, help, gauge or counter).
+_SCALARS = {
+    "pending": (
+        "stockguard_writer_lag_entries", "Outbox entries not yet in the SQL ledger", "gauge"
+    ),
+    "age_s": (
+        "stockguard_writer_lag_seconds", "Age of the oldest outbox entry not yet persisted",
+        "gauge",
+    ),
+    "runs": ("stockguard_sweeper_runs", "Sweeper passes", "counter"),
+    "settled": ("stockguard_sweeper_settled", "Expired holds the sweeper settled", "counter"),
+    "inbox": (
+        "stockguard_channel_inbox_backlog", "Channel deliveries accepted, not yet applied",
+        "gauge",
+    ),
+    "inbox_age_s": (
+        "stockguard_channel_inbox_age_seconds", "Age of the oldest delivery not yet applied",
+        "gauge",
+    ),
+}  # fmt: skip
+
+
 class _Snapshot:
     """Values read from Redis just before a scrape, offered as metrics."""
 
@@ -39,35 +61,10 @@ class _Snapshot:
             for channel, value in sorted(by_channel.items()):
                 family.add_metric([channel], value)
             yield family
-        v = self.values
-        pending = GaugeMetricFamily(
-            "stockguard_writer_lag_entries", "Outbox entries not yet in the SQL ledger"
-        )
-        pending.add_metric([], v.get("pending", 0))
-        yield pending
-        age = GaugeMetricFamily(
-            "stockguard_writer_lag_seconds", "Age of the oldest outbox entry not yet persisted"
-        )
-        age.add_metric([], v.get("age_s", 0))
-        yield age
-        runs = CounterMetricFamily("stockguard_sweeper_runs", "Sweeper passes")
-        runs.add_metric([], v.get("runs", 0))
-        yield runs
-        settled = CounterMetricFamily(
-            "stockguard_sweeper_settled", "Expired holds the sweeper settled"
-        )
-        settled.add_metric([], v.get("settled", 0))
-        yield settled
-        inbox = GaugeMetricFamily(
-            "stockguard_channel_inbox_backlog", "Channel deliveries accepted, not yet applied"
-        )
-        inbox.add_metric([], v.get("inbox", 0))
-        yield inbox
-        inbox_age = GaugeMetricFamily(
-            "stockguard_channel_inbox_age_seconds", "Age of the oldest delivery not yet applied"
-        )
-        inbox_age.add_metric([], v.get("inbox_age_s", 0))
-        yield inbox_age
+        for key, (name, text, kind) in _SCALARS.items():
+            family = (GaugeMetricFamily if kind == "gauge" else CounterMetricFamily)(name, text)
+            family.add_metric([], self.values.get(key, 0))
+            yield family
 
 
 class Metrics:
