@@ -96,7 +96,7 @@ HELP = {
     "appendfsync": "AOF fsync policy of the embedded Valkey: everysec or always",
     "idempotency_ttl_ms": "how long an Idempotency-Key or operation id replays",
     "finished_retention_ms": "how long finished holds stay readable",
-    "max_batch": "most operations coalesced into one script call",
+    "max_batch": "most operations sent in one pipeline of script calls",
     "jemalloc": "run the embedded Valkey on the system's jemalloc, where there is one",
     "max_body_bytes": "largest request body accepted (larger: 413)",
     "sweep_interval_ms": "how often the sweeper settles expired holds",

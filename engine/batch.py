@@ -5,8 +5,15 @@ reply just resolved) submit together. ``_flush`` groups them by script and
 partition, turns each group into one EVALSHA whose single ARGV entry is the
 JSON batch, and sends the calls of a flush as one pipeline: one round trip.
 The script runs the operations in order, so each is as atomic as if it had
-been called alone. Flushes are cut at ``max_batch`` operations so that
-Python prepares the next pipeline while Redis runs the last one.
+been called alone.
+
+Two pipelines are in flight at most: Redis runs one while Python prepares the
+next. A pipeline carries at most ``max_batch`` operations, and while another is
+in flight it takes the fuller half of the waiting groups only; the thinner half
+waits for the next pipeline and gathers operations meanwhile. A call's fixed
+cost (the script's setup, its clock and expiry checks, one write per key) is
+then spread over more operations. No group waits through more than two
+pipelines, and with nothing in flight every group goes at once.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from .scripts import Scripts
 Args = tuple[Any, ...]
 Group = tuple[str, int, Args]  # script name, partition, leading ARGV after the batch
 Op = tuple[Args, str | None, "asyncio.Future[Any]"]
+MAX_IN_FLIGHT = 2  # pipelines: one for Redis to run, one on its way
+OVERDUE = 2  # a group that has sat out this many pipelines goes in the next one
 _encode = msgspec.json.encode
 
 
@@ -45,9 +54,10 @@ class Batcher:
         self._scripts = scripts
         self._max_batch = max_batch
         self._pending: dict[Group, list[Op]] = {}
-        self._pending_count = 0
+        self._skipped: dict[Group, int] = {}  # pipelines a waiting group has sat out
         self._flush_scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._connections: list[Any] = []  # idle connections of this batcher's pipelines
 
     def submit(
         self, name: str, partition: int, args: Args, *, op_key: str | None = None, head: Args = ()
@@ -56,22 +66,46 @@ class Batcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.setdefault((name, partition, head), []).append((args, op_key, future))
-        self._pending_count += 1
-        if self._pending_count >= self._max_batch:
-            self._flush()
-        elif not self._flush_scheduled:
+        if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
         return future
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if not self._pending:
-            return
-        calls, self._pending, self._pending_count = list(self._pending.items()), {}, 0
-        task = asyncio.create_task(self._send(calls))
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+        while self._pending and len(self._in_flight) < MAX_IN_FLIGHT:
+            task = asyncio.create_task(self._send(self._take()))
+            self._in_flight.add(task)
+            task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if self._pending and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _take(self) -> list[tuple[Group, list[Op]]]:
+        """The next pipeline's calls: overdue groups first, then the fullest ones."""
+        pending, skipped = self._pending, self._skipped
+        # With nothing in flight, Redis would idle while a group waited: take them all.
+        share = len(pending) if not self._in_flight else -(-len(pending) // 2)
+        order = sorted(pending, key=lambda g: (skipped.get(g, 0) < OVERDUE, -len(pending[g])))
+        calls: list[tuple[Group, list[Op]]] = []
+        room = self._max_batch
+        for group in order:
+            if room == 0 or (len(calls) >= share and skipped.get(group, 0) < OVERDUE):
+                break
+            ops = pending.pop(group)
+            skipped.pop(group, None)
+            calls.append((group, ops[:room]))
+            if len(ops) > room:  # the rest stays first in line for its group
+                pending[group] = ops[room:]
+            room -= len(calls[-1][1])
+        taken = {group for group, _ in calls}
+        for group in pending:
+            if group not in taken:
+                skipped[group] = skipped.get(group, 0) + 1
+        return calls
 
     async def _send(self, calls: list[tuple[Group, list[Op]]]) -> None:
         try:
@@ -114,10 +148,18 @@ class Batcher:
             _pack("EVALSHA", self._scripts[name].sha, len(script_keys), *script_keys, *argv)
             for name, script_keys, argv in commands
         )
+        # While the batcher is busy, a pipeline's connection stays with it for the next one:
+        # checking it in and out of the pool (a lock, observability hooks, an event) costs
+        # more than packing the pipeline. Once it is idle, they all go back.
         pool = self._client.connection_pool
-        connection = await pool.get_connection()
+        connection = self._connections.pop() if self._connections else await pool.get_connection()
         replies: list[Any] = []
         try:
+            # As the pool checks what it hands out: a connection the server closed, or one
+            # holding bytes nobody asked for, starts afresh.
+            if not connection.is_connected or await connection.can_read():
+                await connection.disconnect()
+                await connection.connect()
             await connection.send_packed_command(packed, check_health=False)
             for _ in commands:
                 try:
@@ -125,10 +167,15 @@ class Batcher:
                 except ResponseError as error:
                     replies.append(error)
         except BaseException:
-            await connection.disconnect()  # replies may be left unread: never reuse it
+            await connection.disconnect()  # replies may be left unread: never reuse it as is
             raise
         finally:
-            await pool.release(connection)
+            self._connections.append(connection)
+            this = asyncio.current_task()
+            if not self._pending and all(task is this for task in self._in_flight):
+                idle, self._connections = self._connections, []
+                for each in idle:
+                    await pool.release(each)
         return replies
 
     @staticmethod

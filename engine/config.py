@@ -30,7 +30,7 @@ class Settings:
     appendfsync: str = "everysec"  # or "always": see README "Durability"
     idempotency_ttl_ms: int = DAY_MS  # how long an operation id replays its first outcome
     finished_retention_ms: int = DAY_MS  # how long finished holds stay readable
-    max_batch: int = 32  # most operations coalesced into one script call
+    max_batch: int = 32  # most operations sent in one pipeline of script calls
     jemalloc: bool = True  # the embedded Valkey runs on the system's jemalloc, if it has one
 
     @property
