@@ -8,9 +8,10 @@ The script runs the operations in order, so each is as atomic as if it had
 been called alone.
 
 Two pipelines are in flight at most: Redis runs one while Python prepares the
-next. A pipeline carries at most ``max_batch`` operations, and while another is
-in flight it takes the fuller half of the waiting groups only; the thinner half
-waits for the next pipeline and gathers operations meanwhile. A call's fixed
+next. A pipeline carries at most ``max_batch`` operations, and goes at once when
+that many wait and a slot is free. While another is in flight, it takes the
+fuller half of the waiting groups only; the thinner half waits for the next
+pipeline and gathers operations meanwhile. A call's fixed
 cost (the script's setup, its clock and expiry checks, one write per key) is
 then spread over more operations. No group waits through more than two
 pipelines, and with nothing in flight every group goes at once.
@@ -54,6 +55,7 @@ class Batcher:
         self._scripts = scripts
         self._max_batch = max_batch
         self._pending: dict[Group, list[Op]] = {}
+        self._pending_count = 0
         self._skipped: dict[Group, int] = {}  # pipelines a waiting group has sat out
         self._flush_scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -66,7 +68,10 @@ class Batcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.setdefault((name, partition, head), []).append((args, op_key, future))
-        if not self._flush_scheduled:
+        self._pending_count += 1
+        if self._pending_count >= self._max_batch and len(self._in_flight) < MAX_IN_FLIGHT:
+            self._flush()  # a full pipeline goes now, ahead of whatever the loop runs next
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
         return future
@@ -101,6 +106,7 @@ class Batcher:
             if len(ops) > room:  # the rest stays first in line for its group
                 pending[group] = ops[room:]
             room -= len(calls[-1][1])
+            self._pending_count -= len(calls[-1][1])
         taken = {group for group, _ in calls}
         for group in pending:
             if group not in taken:

@@ -20,6 +20,7 @@ def _waiting(batcher: Batcher, sizes: dict[int, int]) -> None:
     for partition, size in sizes.items():
         ops = [((f"h{partition}.{n}",), None, loop.create_future()) for n in range(size)]
         batcher._pending[("release", partition, ())] = ops
+        batcher._pending_count += size
 
 
 def _partitions(calls: list[Any]) -> list[int]:
@@ -67,6 +68,23 @@ async def test_a_pipeline_carries_at_most_max_batch_and_a_split_group_keeps_its_
     first = batcher._take()
     assert [args[0] for args, _, _ in first[0][1]] == ["h5.0", "h5.1", "h5.2", "h5.3"]
     assert [args[0] for args, _, _ in batcher._take()[0][1]] == ["h5.4", "h5.5"]
+
+
+async def test_a_full_pipeline_goes_at_once_and_a_partial_one_at_the_end_of_the_tick(
+    client: Any,
+) -> None:
+    engine = make_engine(client, max_batch=3)
+    await setup_shop(engine)
+    await engine.receive("A", "wh1", 10)
+    batcher = engine._batcher
+    calls = [engine.hold("web", {"A": 1}, ttl_ms=MINUTE_MS) for _ in range(4)]
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    await asyncio.sleep(0)  # each hold runs up to its submit
+    assert len(batcher._in_flight) == 1  # the first three, sent by the third submit
+    assert batcher._pending_count == 1
+    holds = await asyncio.gather(*tasks)
+    assert len({hold.id for hold in holds}) == 4
+    assert batcher._pending_count == 0
 
 
 async def test_many_concurrent_holds_over_every_partition_each_get_their_own_reply(
