@@ -11,10 +11,10 @@ Two pipelines are in flight at most: Redis runs one while Python prepares the
 next. A pipeline carries at most ``max_batch`` operations, and goes at once when
 that many wait and a slot is free. While another is in flight, it takes the
 fuller half of the waiting groups only; the thinner half waits for the next
-pipeline and gathers operations meanwhile. A call's fixed
-cost (the script's setup, its clock and expiry checks, one write per key) is
-then spread over more operations. No group waits through more than two
-pipelines, and with nothing in flight every group goes at once.
+pipeline and gathers operations meanwhile. A call's fixed cost (the script's
+setup, its clock and expiry checks, one write per key) is then spread over more
+operations. No group waits through more than two pipelines, and with nothing in
+flight every group goes at once.
 """
 
 from __future__ import annotations
