@@ -1,4 +1,5 @@
-"""How the batcher coalesces operations into pipelines, against a real server."""
+"""How the batcher coalesces operations: its choice of groups on its own, its pipelines against
+a real server."""
 
 from __future__ import annotations
 
