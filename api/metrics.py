@@ -43,6 +43,10 @@ _SCALARS = {
         "stockguard_channel_inbox_age_seconds", "Age of the oldest delivery not yet applied",
         "gauge",
     ),
+    "inbox_dead": (
+        "stockguard_channel_inbox_dead_letters",
+        "Channel deliveries that can never be applied, kept with the reason", "gauge",
+    ),
 }  # fmt: skip
 
 
@@ -121,6 +125,7 @@ class Metrics:
         stats = await client.hgetall(SWEEPER_STATS)
         values = {"runs": float(stats.get("runs", 0)), "settled": float(stats.get("settled", 0))}
         values.update(inbox=waiting, inbox_age_s=age_ms / 1000)
+        values.update(inbox_dead=await inbound.dead_letters(client))
         try:
             lag = await Writer(client, None).lag()  # type: ignore[arg-type]
             values.update(pending=lag.pending, age_s=lag.oldest_age_ms / 1000)

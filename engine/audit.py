@@ -9,6 +9,8 @@
 4. Read each partition's stock, holds and expiry in one MULTI/EXEC (one slot: a cluster
    runs it too, and each partition is a consistent snapshot), and check no oversell,
    held counters against held records, flash-sale limits, and holds left in limbo.
+5. Report channel deliveries (webhooks, fetched orders) that were dead-lettered: a sale on
+   a platform that never reached the stock.
 
 The parts of a multi-part hold live in several partitions, read one after the other; they
 may disagree only within CONFIRM_GRACE_MS of their expiry (each part's script reads its
@@ -26,6 +28,7 @@ import msgspec
 from redis.exceptions import ResponseError
 
 from . import keys
+from .channels import inbound
 from .config import Settings
 from .connect import open_engine
 from .engine import CONFIRM_GRACE_MS, Engine
@@ -47,6 +50,7 @@ TITLES = {
     "ledger_matches": "on_hand and committed equal the ledger's moves (reconcile)",
     "sale_limits": "flash-sale limit counters within the limit and equal to their holds",
     "holds_settled": "no hold in limbo (expiry entries, parts agree, none past expiry)",
+    "deliveries_applied": "no channel delivery dead-lettered (its sale never reached stock)",
 }
 
 
@@ -120,6 +124,11 @@ async def audit(
     retention = engine.settings.finished_retention_ms
     _check_limits(state, sales, now - retention, checks["sale_limits"])
     _check_limbo(state, now, swept_at, checks["holds_settled"])
+    if dead := await inbound.dead_letters(client):
+        checks["deliveries_applied"].add(
+            f"{dead} channel deliveries dead-lettered, not applied to stock: "
+            f"XRANGE {inbound.DEAD} - + shows each with its error"
+        )
     return Report(not any(c.count for c in checks.values()), swept, list(checks.values()))
 
 

@@ -19,6 +19,7 @@ from helpers import setup_shop
 
 from engine import Engine, keys
 from engine.audit import TITLES, Report, audit, format_text
+from engine.channels import inbound
 from engine.ids import customer_key
 from engine.sales import Sale, Sales
 from engine.store import Store
@@ -187,6 +188,18 @@ async def test_the_ledger_must_match_and_be_caught_up(client: Any, store: Store)
         stop.set()
         await running
     assert failed(report) == {"ledger_matches": ["C@wh2: committed 2 in Redis, 0 in the ledger"]}
+
+
+async def test_a_dead_lettered_channel_delivery_is_reported(client: Any, store: Store) -> None:
+    shop = await trade(client, store)
+    await client.xadd(inbound.DEAD, {"channel": "web", "delivery": "{}", "error": "unreadable"})
+    report = await audit(shop.engine, store, wait_s=5)
+    assert failed(report) == {
+        "deliveries_applied": [
+            "1 channel deliveries dead-lettered, not applied to stock: "
+            "XRANGE sg:{inbox}:dead - + shows each with its error"
+        ]
+    }
 
 
 async def test_a_customer_past_the_sale_limit_is_caught(client: Any, ledger: Store) -> None:

@@ -263,5 +263,6 @@ async def test_operators_read_each_channels_sync_state(stack: Stack) -> None:
     async with httpx.AsyncClient(base_url=stack.url) as http:
         metrics = (await http.get("/metrics")).text
     assert "stockguard_channel_inbox_backlog 0.0" in metrics
+    assert "stockguard_channel_inbox_dead_letters 0.0" in metrics
     assert 'stockguard_channel_sync_backlog{channel="ebay"} 0.0' in metrics
     assert 'stockguard_channel_pushes_total{channel="ebay"}' in metrics

@@ -12,7 +12,7 @@ from helpers import setup_shop
 
 from engine import Engine
 from engine.channels.base import Delivery, EventKind, OrderEvent, OrderLine
-from engine.channels.inbound import INBOX, Inbox, Processor
+from engine.channels.inbound import DEAD, INBOX, Inbox, Processor, dead_letters
 from engine.channels.simulate import plan, running
 from engine.channels.sync import SyncWorker
 from engine.channels.worker import connectors
@@ -81,6 +81,22 @@ async def test_a_line_of_an_unknown_sku_is_refused_and_the_rest_of_the_order_sel
     await processor.apply("web", OrderEvent(EventKind.CREATED, "o-9", lines, 1000))
     assert processor.stats["lines_refused"] == 1
     assert await committed(processor.engine) == 1
+
+
+async def test_a_delivery_that_cannot_be_applied_is_dead_lettered_with_its_reason(
+    processor: Processor,
+) -> None:
+    engine = processor.engine
+    await processor.setup()
+    assert await Inbox(engine).accept("web", Delivery("d-9", fetch=("o-404",)))
+    assert await Inbox(engine).accept("web", Delivery("d-10", (event(EventKind.CREATED, 1000),)))
+    assert await processor.step(block_ms=10) == 0  # this consumer's backlog: empty
+    assert await processor.step(block_ms=10) == 2  # both acknowledged: one applied, one dead
+    [(_, dead)] = await engine.client.xrange(DEAD)
+    assert dead["channel"] == "web" and "no connector to fetch 'o-404'" in dead["error"]
+    assert await dead_letters(engine.client) == 1 and processor.stats["dead"] == 1
+    assert await committed(engine) == 2  # the readable delivery sold
+    assert await processor.step(block_ms=10) == 0  # nothing left to retry
 
 
 async def until(check: Callable[[], bool], timeout_s: float = 10.0) -> None:

@@ -286,6 +286,11 @@ class Processor:
         return found.locations[0] if found else ""
 
 
+async def dead_letters(client: Any) -> int:
+    """Deliveries that can never be applied, kept in DEAD with the reason (XRANGE shows them)."""
+    return int(await client.xlen(DEAD))
+
+
 async def lag(client: Any) -> tuple[int, int]:
     """(entries not yet applied, age of the oldest in ms) of the inbox."""
     try:
