@@ -71,10 +71,14 @@ class Batcher:
         self._pending_count += 1
         if self._pending_count >= self._max_batch and len(self._in_flight) < MAX_IN_FLIGHT:
             self._flush()  # a full pipeline goes now, ahead of whatever the loop runs next
-        elif not self._flush_scheduled:
+        else:
+            self._schedule_flush(loop)
+        return future
+
+    def _schedule_flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
-        return future
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -85,9 +89,8 @@ class Batcher:
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
-        if self._pending and not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        if self._pending:
+            self._schedule_flush(asyncio.get_running_loop())
 
     def _take(self) -> list[tuple[Group, list[Op]]]:
         """The next pipeline's calls: overdue groups first, then the fullest ones."""
@@ -105,8 +108,8 @@ class Batcher:
             calls.append((group, ops[:room]))
             if len(ops) > room:  # the rest stays first in line for its group
                 pending[group] = ops[room:]
-            room -= len(calls[-1][1])
-            self._pending_count -= len(calls[-1][1])
+            room = max(0, room - len(ops))
+        self._pending_count -= self._max_batch - room
         taken = {group for group, _ in calls}
         for group in pending:
             if group not in taken:
