@@ -304,6 +304,14 @@ async def _first_key(settings: Settings) -> str | None:
         await store.close()
 
 
+async def _check_keyspace(url: str) -> None:
+    """Raises KeyspaceLayoutError for a keyspace of another layout, before anything starts."""
+    from engine.connect import connect
+
+    client = await connect(url)
+    await client.aclose()
+
+
 def _banner(options: Options, port: int, redis_note: str, key: str | None) -> str:
     base = f"http://{options.host}:{port}"
     ledger = options.settings().ledger_url
@@ -337,6 +345,7 @@ def serve(argv_options: Options) -> int:
         note = f"  ({server}, data in {data})"
     background = None
     try:
+        asyncio.run(_check_keyspace(options.redis_url or ""))
         key = asyncio.run(_first_key(options.settings()))
         encoded = msgspec.json.encode(options)
         if options.writer or options.sweeper or options.rebalance or options.channels:

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from .cluster import EmbeddedCluster
 from .config import Settings, tune_gc
-from .connect import connect, open_engine
+from .connect import connect, is_empty, open_engine
 from .embedded import EmbeddedValkey
+from .errors import KeyspaceLayoutError
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -114,6 +115,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `stockguard` console script."""
     args = _parser().parse_args(argv)
     settings = _settings(args)
+    try:
+        return _run(args, settings)
+    except KeyspaceLayoutError as error:
+        print(f"stockguard: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command in ("serve", "keys"):
         from api import cli as api_cli
 
@@ -252,7 +261,7 @@ async def _bench(settings: Settings, target: str, seconds: float, postgres: str 
         return 0
     client = await connect(settings.redis_url)
     try:
-        if await client.dbsize():
+        if not await is_empty(client):
             print(
                 f"bench: {settings.redis_url} is not empty; the benchmark flushes its "
                 "database, so point it at an empty one",

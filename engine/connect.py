@@ -9,26 +9,59 @@ from typing import Any
 import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
 
+from . import keys
 from .config import Settings
 from .embedded import EmbeddedValkey
 from .engine import Engine
+from .errors import KeyspaceLayoutError
 
 MAX_CONNECTIONS = 1024
 
 
 async def connect(url: str, **options: Any) -> Any:
-    """A client for the server at url: a RedisCluster if that server is in cluster mode."""
+    """A client for the server at url: a RedisCluster if that server is in cluster mode.
+
+    Raises KeyspaceLayoutError if the server's keyspace was laid out for another
+    partition count.
+    """
     # Coalescing keeps the connections in use few; the cap only stops a runaway caller.
     client = redis.from_url(url, decode_responses=True, max_connections=MAX_CONNECTIONS, **options)
     try:
         info = await client.info("cluster")
+        if not info.get("cluster_enabled"):
+            await check_layout(client)
+            return client
     except BaseException:
         await client.aclose()
         raise
-    if not info.get("cluster_enabled"):
-        return client
     await client.aclose()
-    return RedisCluster.from_url(url, decode_responses=True, **options)
+    cluster = RedisCluster.from_url(url, decode_responses=True, **options)
+    try:
+        await check_layout(cluster)
+    except BaseException:
+        await cluster.aclose()
+        raise
+    return cluster
+
+
+async def is_empty(client: Any) -> bool:
+    """Whether the database holds nothing but the layout record."""
+    return bool(await client.dbsize() <= await client.exists(keys.LAYOUT))
+
+
+async def check_layout(client: Any) -> None:
+    """Records the partition count in an empty keyspace; refuses one laid out for another."""
+    found = await client.get(keys.LAYOUT)
+    if found is None:
+        # Made before the layout was recorded: 8 partitions, if any of their keys exist.
+        for tag in keys.LEGACY_TAGS:  # one EXISTS per partition: its keys share a slot
+            names = [f"{keys.PREFIX}:{{{tag}}}:{name}" for name in keys.PARTITION_KEYS]
+            if await client.exists(*names):
+                raise KeyspaceLayoutError(str(len(keys.LEGACY_TAGS)), keys.PARTITIONS)
+        await client.set(keys.LAYOUT, str(keys.PARTITIONS), nx=True)
+        found = await client.get(keys.LAYOUT)
+    if found != str(keys.PARTITIONS):
+        raise KeyspaceLayoutError(found, keys.PARTITIONS)
 
 
 @asynccontextmanager

@@ -112,7 +112,7 @@ class Engine(StockOps, OrderOps):
         if len(by_part) == 1 and home in by_part:
             parts, csv = [home], str(home)
         else:
-            parts = [home, *(p for p in by_part if p != home)]
+            parts = [home, *sorted(p for p in by_part if p != home)]  # as get_hold reads them
             csv = ",".join(map(str, sorted(parts)))
         fp = fingerprint(channel, customer, ttl_ms, sorted(wanted.items()), *extra)
         futures = [

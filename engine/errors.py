@@ -188,6 +188,19 @@ class AdmissionExpiredError(StockguardError):
         super().__init__("this admission token has expired: join the queue again")
 
 
+class KeyspaceLayoutError(StockguardError):
+    """The server holds a keyspace laid out for another partition count: its SKUs would be
+    looked up in the wrong partitions, so nothing connects to it."""
+
+    def __init__(self, found: str, expected: int) -> None:
+        self.found, self.expected = found, expected
+        super().__init__(
+            f"this server holds a stockguard keyspace laid out in {found} partitions; this "
+            f"version uses {expected}. The ledger holds every move: flush the database (for "
+            "the embedded server, remove <data dir>/valkey) and run `stockguard rebuild`"
+        )
+
+
 def _shortfall(hold_id: Any, *pairs: Any) -> ShortfallError:
     missing = {str(pairs[i]): int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
     return ShortfallError(str(hold_id), missing)

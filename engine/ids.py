@@ -13,13 +13,13 @@ from . import keys
 
 def _suffix_for_each_delta() -> list[bytes]:
     # For suffixes of one length, crc32(base + s) XOR crc32(base + s0) does not depend on
-    # base (CRC is affine over GF(2)). So one table, keyed by the low bits that a suffix
-    # flips, picks the suffix that lands any base in any partition, with no search.
+    # base (CRC is affine over GF(2)). So one table, keyed by the partition bits that a
+    # suffix flips, picks the suffix that lands any base in any partition, with no search.
     reference = zlib.crc32(b"000")
     table: dict[int, bytes] = {}
     for i in range(4096):
         suffix = b"%03x" % i
-        table.setdefault((zlib.crc32(suffix) ^ reference) % keys.PARTITIONS, suffix)
+        table.setdefault(keys.partition_of_crc(zlib.crc32(suffix) ^ reference), suffix)
     return [table[delta] for delta in range(keys.PARTITIONS)]
 
 
@@ -39,7 +39,7 @@ def new_id(partition: int | None = None, base: str | None = None) -> str:
         base = f"{_random.getrandbits(64):016x}"
     if partition is None:
         return base
-    landed = zlib.crc32(b"000", zlib.crc32(base.encode())) % keys.PARTITIONS
+    landed = keys.partition_of_crc(zlib.crc32(b"000", zlib.crc32(base.encode())))
     return base + _SUFFIX[landed ^ partition].decode()
 
 

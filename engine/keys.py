@@ -22,7 +22,10 @@ finished  zset    hold id -> finished_at_ms, for retention
 ========  ======  ===========================================================
 
 Per-operation idempotency records are strings ``<partition prefix>:op:<op id>``. A
-partition's prefix is ``sg:{<tag>}``, for example ``sg:{p0.1}:stock``.
+partition's prefix is ``sg:{<tag>}``, for example ``sg:{p0of4.3}:stock``.
+
+``sg:layout`` records the partition count that laid the keyspace out; ``connect``
+refuses a keyspace laid out otherwise (see ``LEGACY_TAGS``).
 """
 
 from __future__ import annotations
@@ -33,32 +36,47 @@ from functools import cache
 from redis.crc import key_slot
 
 PREFIX = "sg"
-PARTITIONS = 8  # fixed: changing it moves SKUs between partitions
+# Fixed: changing it moves SKUs between partitions. Operations batch per partition, so on
+# one server fewer partitions mean fuller script calls; a cluster can use up to this many
+# masters. 4: 64 concurrent callers over 10,000 SKUs make about 12 holds a call, not 6.
+PARTITIONS = 4
+LAYOUT = f"{PREFIX}:layout"  # str(PARTITIONS) of the keyspace's layout
 
 PARTITION_KEYS = ("catalog", "skus", "stock", "holds", "expiry", "outbox", "finished")
 
 
 def partition_of(name: str) -> int:
     """Map a SKU or hold id to its partition; stable across processes and versions."""
-    return zlib.crc32(name.encode()) % PARTITIONS
+    return partition_of_crc(zlib.crc32(name.encode()))
 
 
-def _balanced_tags() -> tuple[str, ...]:
-    # Tag i hashes into the i-th of PARTITIONS equal ranges of the 16384 cluster slots, so
-    # a cluster whose masters own equal contiguous ranges (as `redis-cli --cluster create`
+def partition_of_crc(crc: int) -> int:
+    """The partition of a name whose crc32 is crc: the crc's top bits."""
+    return crc >> _SHIFT
+
+
+_SHIFT = 33 - PARTITIONS.bit_length()  # 32 - log2(PARTITIONS), a power of two
+
+
+def _balanced_tags(count: int, name: str) -> tuple[str, ...]:
+    # Tag i hashes into the i-th of count equal ranges of the 16384 cluster slots, so a
+    # cluster whose masters own equal contiguous ranges (as `redis-cli --cluster create`
     # and the embedded cluster assign them) gets the partitions evenly.
     tags = []
-    for i in range(PARTITIONS):
-        low, high = i * SLOTS // PARTITIONS, (i + 1) * SLOTS // PARTITIONS
+    for i in range(count):
+        low, high = i * SLOTS // count, (i + 1) * SLOTS // count
         n = 0
-        while not low <= key_slot(f"p{i}.{n}".encode()) < high:
+        while not low <= key_slot(f"{name.format(i)}.{n}".encode()) < high:
             n += 1
-        tags.append(f"p{i}.{n}")
+        tags.append(f"{name.format(i)}.{n}")
     return tuple(tags)
 
 
 SLOTS = 16384
-_TAGS = _balanced_tags()
+_TAGS = _balanced_tags(PARTITIONS, f"p{{}}of{PARTITIONS}")
+# The tags of the 8-partition layout that came before sg:layout: a keyspace without the
+# record but with these keys was laid out for 8 partitions.
+LEGACY_TAGS = _balanced_tags(8, "p{}")
 
 
 def tag(partition: int) -> str:

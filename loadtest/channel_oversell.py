@@ -56,6 +56,7 @@ from engine.channels.sim.base import Simulator, free_port, serving
 from engine.channels.simulate import plan, running
 from engine.channels.worker import ChannelWorker, connectors
 from engine.config import Settings
+from engine.connect import is_empty
 from engine.embedded import EmbeddedValkey
 
 SKU, LOCATION = "OVERSELL-1", "wh1"
@@ -313,7 +314,7 @@ def report(results: list[Result]) -> list[str]:
 
 async def claim(client: Any) -> None:
     """Flushes the database, unless it holds data this script did not put there."""
-    if not await client.exists(MARKER) and await client.dbsize() > 0:
+    if not await client.exists(MARKER) and not await is_empty(client):
         raise SystemExit("channel-oversell: the database is not empty; give an empty one")
     await client.flushdb()
     await client.set(MARKER, "1")

@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from engine import Engine, Policy, PolicyKind, keys
+from engine.connect import is_empty
 
 OWNED = "stockguard:test-owned"  # marks a database these tests may flush
 
@@ -35,7 +36,7 @@ async def outbox_events(client: Any) -> list[dict[str, Any]]:
 
 async def claim_database(client: Any, url: str) -> None:
     """Refuse to flush a database that holds data these tests did not put there."""
-    if not await client.exists(OWNED) and await client.dbsize() > 0:
+    if not await client.exists(OWNED) and not await is_empty(client):
         pytest.exit(f"{url} is not empty and not owned by the tests; point REDIS_URL elsewhere")
     await client.flushdb()
     await client.set(OWNED, "1")

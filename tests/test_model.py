@@ -46,8 +46,8 @@ SHORT_TTL_MS = 1  # expired by the end of the step that placed it
 EXPIRY_WAIT_S = 0.01
 LOCATIONS = ("store", "wh1", "wh2")  # engine.stock lists locations sorted by name
 CHANNELS = {"web": ("wh1", "wh2"), "amazon": ("wh2", "wh1"), "pos": ("store", "wh1")}
-SKUS = ("A", "B", "A2", "C")  # A and A2 share a partition; B and C each have their own
-APART = 0  # a partition that holds none of the SKUs: a hold homed there is multi-part
+SKUS = ("A", "B", "A1", "C")  # A and A1 share a partition; B and C each have their own
+APART = 2  # a partition that holds none of the SKUs: a hold homed there is multi-part
 REASON = "model"
 STOCKED = [(sku, location) for sku in SKUS for location in LOCATIONS]
 assert len({keys.partition_of(s) for s in SKUS}) == 3
