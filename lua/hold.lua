@@ -30,6 +30,17 @@ local function check(rec, wanted)
   return nil
 end
 
+-- Reads every hold id (a replay?) and SKU of the batch with one HMGET each.
+local function read_ahead(ops)
+  local ids, skus = {}, {}
+  for i, op in ipairs(ops) do
+    ids[i] = op[1]
+    for _, w in ipairs(op[7]) do skus[#skus + 1] = w[1] end
+  end
+  prefetch(K.holds, stored_holds, ids)
+  prefetch(K.skus, stored_skus, skus)
+end
+
 return each_op(function(op)
   local rec = { id = op[1], fp = op[2], ch = op[3], exp = NOW + op[5], parts = op[6],
                 st = 'held', lines = {} }
@@ -48,4 +59,4 @@ return each_op(function(op)
   track_limit(rec, 'placed', 'held')
   expiry[rec.id] = rec.exp
   return { OK, save(rec, 'placed') }
-end)
+end, read_ahead)

@@ -42,9 +42,22 @@ local function add(sku, place, field, by)
   counters[f] = (counters[f] or 0) + by
 end
 
+-- Stored hold records and SKU settings (JSON, or false) already read by this call, so a
+-- batch can read them all with one HMGET each (prefetch) instead of one HGET per op.
+local stored_holds, stored_skus = {}, {}
+
+local function prefetch(hash, known, names)
+  for i = 1, #names, 1000 do
+    local last = math.min(i + 999, #names)
+    local values = redis.call('HMGET', hash, unpack(names, i, last))
+    for j = i, last do known[names[j]] = values[j - i + 1] end
+  end
+end
+
 -- A hold record (JSON) as this call has left it, or false.
 local function hold_record(id)
   local raw = records[id]
+  if raw == nil then raw = stored_holds[id] end
   if raw == nil then raw = redis.call('HGET', K.holds, id) end
   return raw
 end
@@ -98,7 +111,10 @@ local function commit()
     redis.call('HSET', K.stock, unpack(sets))
   end
   local pairs_ = {}
-  for id, raw in pairs(records) do pairs_[#pairs_ + 1] = id; pairs_[#pairs_ + 1] = raw end
+  for id, raw in pairs(records) do
+    pairs_[#pairs_ + 1] = id; pairs_[#pairs_ + 1] = raw
+    stored_holds[id] = raw
+  end
   for i = 1, #pairs_, 1000 do
     redis.call('HSET', K.holds, unpack(pairs_, i, math.min(i + 999, #pairs_)))
   end
@@ -124,7 +140,8 @@ local sku_cache = {}
 local function sku_settings(sku)
   local st = sku_cache[sku]
   if st == nil then
-    local raw = redis.call('HGET', K.skus, sku)
+    local raw = stored_skus[sku]
+    if raw == nil then raw = redis.call('HGET', K.skus, sku) end
     st = raw and cjson.decode(raw) or false
     sku_cache[sku] = st
   end
@@ -358,10 +375,12 @@ local function unknown_sku_or_location(sku, ...)
   return nil
 end
 
--- Runs each operation of the batch; apply(op) gets one decoded ARGV[1] entry.
-local function each_op(apply)
-  local replies = {}
-  for n, op in ipairs(cjson.decode(ARGV[1])) do replies[n] = apply(op) end
+-- Runs each operation of the batch; apply(op) gets one decoded ARGV[1] entry. read_ahead(ops),
+-- if given, first reads what the whole batch needs, with a few HMGETs instead of many HGETs.
+local function each_op(apply, read_ahead)
+  local replies, ops = {}, cjson.decode(ARGV[1])
+  if read_ahead then read_ahead(ops) end
+  for n, op in ipairs(ops) do replies[n] = apply(op) end
   commit()
   return replies
 end

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from helpers import outbox_events
 
-from engine import Engine, HoldState, keys
+from engine import Engine, Hold, HoldState, keys
 from engine.errors import (
     IdempotencyConflictError,
     InsufficientStockError,
@@ -15,6 +15,7 @@ from engine.errors import (
     UnknownSkuError,
     ValidationError,
 )
+from engine.ids import new_id
 
 MINUTE_MS = 60_000
 
@@ -153,3 +154,25 @@ async def test_repeated_skus_add_up_and_their_sum_is_checked(shop: Engine) -> No
     assert [(line.sku, line.qty) for line in hold.lines] == [("A", 3)]
     with pytest.raises(ValidationError):
         await shop.hold("web", [("A", 10**9), ("A", 1)], ttl_ms=MINUTE_MS)
+
+
+async def test_one_batch_replays_holds_placed_before_it_and_within_it(shop: Engine) -> None:
+    # Gathered in one tick, the holds below share one script call, which reads every hold
+    # id and SKU of the batch up front: a replay must still see the record it replays.
+    await shop.receive("A", "wh1", 10)
+    home = keys.partition_of("A")
+    earlier_id, new = new_id(home, "earlier"), new_id(home, "new")
+    earlier = await shop.hold("web", {"A": 1}, ttl_ms=MINUTE_MS, hold_id=earlier_id)
+    replay, first, again, refused, unknown = await asyncio.gather(
+        shop.hold("web", {"A": 1}, ttl_ms=MINUTE_MS, hold_id=earlier_id),
+        shop.hold("web", {"A": 2}, ttl_ms=MINUTE_MS, hold_id=new),
+        shop.hold("web", {"A": 2}, ttl_ms=MINUTE_MS, hold_id=new),
+        shop.hold("web", {"A": 8}, ttl_ms=MINUTE_MS),
+        shop.hold("web", {"NOPE": 1}, ttl_ms=MINUTE_MS),
+        return_exceptions=True,
+    )
+    assert replay == earlier
+    assert isinstance(first, Hold) and first.id == new and again == first
+    assert isinstance(refused, InsufficientStockError) and refused.available == 7
+    assert isinstance(unknown, UnknownSkuError)
+    assert {s.location: s.held for s in (await shop.stock("A")).locations}["wh1"] == 3
