@@ -109,12 +109,13 @@ class Engine(StockOps, OrderOps):
             hold_id = new_id(home)  # homed with its first SKU: one script call if it is alone
         else:
             home = keys.partition_of(validate.op_id("hold_id", hold_id))
-        if len(by_part) == 1 and home in by_part:
-            parts, csv = [home], str(home)
-        else:
-            parts = [home, *sorted(p for p in by_part if p != home)]  # as get_hold reads them
-            csv = ",".join(map(str, sorted(parts)))
         fp = fingerprint(channel, customer, ttl_ms, sorted(wanted.items()), *extra)
+        if len(by_part) == 1 and home in by_part:  # one script call: the common case
+            args = (hold_id, fp, channel, customer or "", ttl_ms, str(home), by_part[home])
+            reply = await self._batcher.submit("hold", home, (*args, *extra))
+            return _hold([_record.decode(_check(reply, hold_id)[1])])
+        parts = [home, *sorted(p for p in by_part if p != home)]  # as get_hold reads them
+        csv = ",".join(map(str, sorted(parts)))
         futures = [
             self._batcher.submit(
                 "hold",
@@ -123,8 +124,6 @@ class Engine(StockOps, OrderOps):
             )
             for p in parts
         ]
-        if len(futures) == 1:
-            return _hold([_record.decode(_check(await futures[0], hold_id)[1])])
         # Shielded: a cancelled caller must not stop the undo of parts already held.
         return await asyncio.shield(self._hold_parts(hold_id, fp, parts, futures))
 
@@ -240,7 +239,7 @@ class Engine(StockOps, OrderOps):
 
 def _merge(lines: Lines) -> dict[str, int]:
     """Validated lines, one per SKU: repeated SKUs add up."""
-    if isinstance(lines, Mapping):  # the common case: SKUs are already distinct
+    if type(lines) is dict or isinstance(lines, Mapping):  # the common case: distinct SKUs
         for sku, qty in lines.items():
             validate.name("sku", sku)
             validate.qty("qty", qty)

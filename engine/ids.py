@@ -8,6 +8,8 @@ import random
 import zlib
 from typing import Any
 
+import msgspec
+
 from . import keys
 
 
@@ -24,6 +26,7 @@ def _suffix_for_each_delta() -> list[bytes]:
 
 
 _SUFFIX = _suffix_for_each_delta()
+_encode = msgspec.json.encode
 
 
 # A generator of our own, seeded from the OS, so that nothing seeding the global `random`
@@ -46,12 +49,10 @@ def new_id(partition: int | None = None, base: str | None = None) -> str:
 def fingerprint(*parts: Any) -> str:
     """Identifies an operation's payload, so a reused id with other data is caught.
 
-    Short payloads are their own fingerprint (exact, and cheaper than hashing).
+    64 bits of blake2b over the payload's JSON: 16 characters in every hold record and
+    idempotency record (a hold's payload as repr was about 45), and cheaper to make.
     """
-    text = repr(parts)
-    if len(text) <= 64:
-        return text
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+    return hashlib.blake2b(_encode(parts), digest_size=8).hexdigest()
 
 
 def customer_key(customer: str) -> str:

@@ -15,12 +15,18 @@ MAX_LINES = 100
 # ':' separates SKU and location in hash fields, so identifiers never contain it.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/+#-]{0,99}")
 _OP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}")
+_valid_names: set[str] = set()  # names that passed: a set lookup costs a fifth of the regex
+_VALID_NAMES_KEPT = 100_000
 
 
 def name(field: str, value: Any) -> str:
     """A SKU, location or channel name: 1-100 of A-Z a-z 0-9 . _ / + # -, starting alnum."""
+    if type(value) is str and value in _valid_names:  # every hold checks its names
+        return value
     if not isinstance(value, str) or not _NAME.fullmatch(value):
         raise ValidationError(field, f"must be 1-100 characters of A-Za-z0-9._/+#-, got {value!r}")
+    if len(_valid_names) < _VALID_NAMES_KEPT:
+        _valid_names.add(value)
     return value
 
 
