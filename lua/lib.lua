@@ -78,6 +78,7 @@ end
 
 -- Applies a member -> score (or false: remove) map to a sorted set.
 local function apply_zset(key, members)
+  if next(members) == nil then return end
   local adds, removals = {}, {}
   for member, score in pairs(members) do
     if score then
@@ -332,7 +333,7 @@ local function expire_due(limit)
       expiry[id] = false
     end
   end
-  commit() -- now, so that no early return of the caller can lose these writes
+  if #due > 0 then commit() end -- now, so that no early return of the caller can lose them
   return #due
 end
 
