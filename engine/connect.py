@@ -55,8 +55,7 @@ async def check_layout(client: Any) -> None:
     if found is None:
         # Made before the layout was recorded: 8 partitions, if any of their keys exist.
         for tag in keys.LEGACY_TAGS:  # one EXISTS per partition: its keys share a slot
-            names = [f"{keys.PREFIX}:{{{tag}}}:{name}" for name in keys.PARTITION_KEYS]
-            if await client.exists(*names):
+            if await client.exists(*keys.tagged_keys(tag)):
                 raise KeyspaceLayoutError(str(len(keys.LEGACY_TAGS)), keys.PARTITIONS)
         await client.set(keys.LAYOUT, str(keys.PARTITIONS), nx=True)
         found = await client.get(keys.LAYOUT)

@@ -22,7 +22,7 @@ finished  zset    hold id -> finished_at_ms, for retention
 ========  ======  ===========================================================
 
 Per-operation idempotency records are strings ``<partition prefix>:op:<op id>``. A
-partition's prefix is ``sg:{<tag>}``, for example ``sg:{p0of4.3}:stock``.
+partition's prefix is ``sg:{<tag>}``, for example ``sg:{p0of4.2}:stock``.
 
 ``sg:layout`` records the partition count that laid the keyspace out; ``connect``
 refuses a keyspace laid out otherwise (see ``LEGACY_TAGS``).
@@ -87,8 +87,12 @@ def tag(partition: int) -> str:
 @cache
 def partition_keys(partition: int) -> tuple[str, ...]:
     """The KEYS[1..7] every script of that partition receives."""
-    base = tag(partition)
-    return tuple(f"{base}:{name}" for name in PARTITION_KEYS)
+    return tagged_keys(_TAGS[partition])
+
+
+def tagged_keys(partition_tag: str) -> tuple[str, ...]:
+    """The partition keys under one hash tag (this layout's or a LEGACY_TAGS one)."""
+    return tuple(f"{PREFIX}:{{{partition_tag}}}:{name}" for name in PARTITION_KEYS)
 
 
 def outbox(partition: int) -> str:

@@ -63,7 +63,7 @@ async def test_connect_refuses_a_keyspace_laid_out_before_the_record(
 ) -> None:
     # Partition 5 of the 8-partition layout: its SKUs would be looked up elsewhere now.
     await client.delete(keys.LAYOUT)
-    legacy = f"sg:{{{keys.LEGACY_TAGS[5]}}}:stock"
+    legacy = keys.tagged_keys(keys.LEGACY_TAGS[5])[2]  # its stock hash
     await client.hset(legacy, "A:wh1:on_hand", 3)
     try:
         with pytest.raises(KeyspaceLayoutError) as caught:
