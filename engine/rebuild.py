@@ -147,11 +147,9 @@ async def rebuild(
         seconds, micros = await client.time()
         since_ms = seconds * 1000 + micros // 1000 - retention_ms
     await _claim_op_ids(client, store, parts, idempotency_ttl_ms)
-    fps = _fingerprints(await store.placed_hold_events(since_ms))
-    for event in await store.latest_hold_events(since_ms):
-        _restore_hold(parts[event.part], event, fps.get(event.hold_id))
+    await _restore_holds(store, parts, since_ms)
     for event in await store.sale_hold_states():
-        _count_toward_limit(parts[event.part], event)
+        _count_toward_limit(parts, event)
     await _restore_sold(store, parts, catalog.doc if catalog else None)
     for p, part in enumerate(parts):
         await _write(client, p, part, catalog.doc if catalog else None, clear=bool(found))
@@ -250,12 +248,53 @@ def _restore_hold(part: _Partition, event: HoldEventRow, fp: str | None) -> None
         part.stock[f"{sku}:{event.channel}:channel_held"] += qty
 
 
-def _count_toward_limit(part: _Partition, event: HoldEventRow) -> None:
+async def _restore_holds(store: Store, parts: list[_Partition], since_ms: int) -> None:
+    """Every hold part's latest state, in the partition it belongs to now."""
+    fps = _fingerprints(await store.placed_hold_events(since_ms))
+    by_hold: dict[str, list[HoldEventRow]] = defaultdict(list)
+    for event in await store.latest_hold_events(since_ms):
+        by_hold[event.hold_id].append(event)
+    for events in by_hold.values():
+        for p, event in _in_this_layout(events):
+            _restore_hold(parts[p], event, fps.get(event.hold_id))
+
+
+def _count_toward_limit(parts: list[_Partition], event: HoldEventRow) -> None:
     """A sale hold's units count toward its customer's limit while held or confirmed
-    (lua/lib.lua `track_limit`)."""
+    (lua/lib.lua `track_limit`), in each SKU's partition."""
     if event.state in ("held", "confirmed"):
         for sku, _, qty in _lines.decode(event.lines):
-            part.stock[f"{sku}:{event.sale}:limit.{event.customer_key}"] += qty
+            stock = parts[keys.partition_of(sku)].stock
+            stock[f"{sku}:{event.sale}:limit.{event.customer_key}"] += qty
+
+
+def _in_this_layout(events: list[HoldEventRow]) -> list[tuple[int, HoldEventRow]]:
+    """A hold's latest part events, each with the partition it is restored into.
+
+    A ledger written under another partition count (8, before sg:layout) has parts that
+    no longer match: there each line goes to its SKU's partition now, and the hold's
+    home, partition_of(hold_id), gets a record even without lines, as Engine.hold makes
+    for a hold whose id lives apart from its SKUs.
+    """
+    if all(
+        e.part < keys.PARTITIONS
+        and all(keys.partition_of(sku) == e.part for sku, _, _ in _lines.decode(e.lines))
+        for e in events
+    ) and any(e.part == keys.partition_of(e.hold_id) for e in events):
+        return [(e.part, e) for e in events]
+    home = keys.partition_of(events[0].hold_id)
+    split: dict[int, tuple[HoldEventRow, list[tuple[str, str, int]]]] = {}
+    for event in events:
+        for line in _lines.decode(event.lines):
+            split.setdefault(keys.partition_of(line[0]), (event, []))[1].append(line)
+    # Only a home part can be empty; without one, the latest part stands for the hold.
+    empty = [e for e in events if e.lines in ("[]", "{}")]
+    split.setdefault(home, ((empty or [max(events, key=lambda e: e.at_ms)])[0], []))
+    csv = ",".join(map(str, sorted(split)))
+    return [
+        (p, msgspec.structs.replace(e, part=p, parts=csv, lines=_encode(lines).decode()))
+        for p, (e, lines) in split.items()
+    ]
 
 
 def _allocations(parts: list[_Partition], catalog: str | None) -> dict[tuple[str, str], int]:

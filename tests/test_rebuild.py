@@ -24,7 +24,7 @@ from engine.reconcile import Drift, reconcile
 from engine.store import Store
 from engine.writer import Writer
 
-SKUS = ("A", "B", "C", "D", "E", "F")  # partitions 3, 1, 7, 4, 2, 0
+SKUS = ("A", "B", "C", "D", "E", "F")  # partitions 3, 1, 0, 2, 3, 1
 LOCATIONS = ("wh1", "wh2", "store")
 CHANNELS = ("web", "amazon", "pos")
 LONG_MS, SHORT_MS = 600_000, 20
@@ -192,6 +192,52 @@ async def test_rebuild_after_redis_loss_restores_stock_ats_and_holds(
         with pytest.raises(IdempotencyConflictError):  # another payload: still a conflict
             await engine.hold(channel, lines, ttl_ms=ttl_ms + 1, customer=customer, hold_id=hold_id)
     assert await reconcile(client, store) == []
+
+
+async def test_a_ledger_written_under_8_partitions_rebuilds_into_this_layout(
+    client: Any, redis_url: str, store: Store
+) -> None:
+    # Before sg:layout, stockguard used 8 partitions, and its hold events name parts that
+    # no longer hold their lines. Here the ledger's part numbers move to 4-7 (as parts of
+    # that layout would be); rebuild puts each line in its SKU's partition now.
+    engine, writer = await started(client, store)
+    placed = await history(engine, 7)
+    before = await snapshot(engine, placed)
+    await drain(writer)
+    shifted = await store._execute(
+        "UPDATE hold_events SET part = part + 4, parts = "
+        "REPLACE(REPLACE(REPLACE(REPLACE(parts, '3', '7'), '2', '6'), '1', '5'), '0', '4')"
+    )
+    assert shifted > 0
+
+    await claim_database(client, redis_url)
+    report = await rebuild(client, store)
+
+    assert report.held_parts > 0
+    after = await snapshot(Engine(client), placed)
+    assert after.stock == before.stock
+    for name in ("holds", "replays"):
+        now, then = getattr(after, name), getattr(before, name)
+        assert _without_expiry(now) == _without_expiry(then)
+        assert _expiry_gaps(now, then) <= 2  # ms: see _without_expiry
+    assert await reconcile(client, store) == []
+
+
+def _without_expiry(holds: dict[str, Any]) -> dict[str, Any]:
+    # A multi-part hold's parts each took the clock of their own script call, a millisecond
+    # apart at most, and a hold reports its home part's expiry.
+    return {
+        hold_id: msgspec.structs.replace(hold, expires_at_ms=0) if isinstance(hold, Hold) else hold
+        for hold_id, hold in holds.items()
+    }
+
+
+def _expiry_gaps(now: dict[str, Any], then: dict[str, Any]) -> int:
+    return max(
+        abs(hold.expires_at_ms - then[hold_id].expires_at_ms)
+        for hold_id, hold in now.items()
+        if isinstance(hold, Hold)
+    )
 
 
 async def test_a_hold_that_expired_while_redis_was_down_is_settled_and_recorded(
