@@ -137,13 +137,20 @@ local function catalog()
   return catalog_cache
 end
 
-local sku_cache = {}
+-- SKUs whose settings are the same JSON (most keep the defaults) share one decoded table
+-- per call: only sku.lua changes a settings table, and it reads a single SKU.
+local sku_cache, decoded_settings = {}, {}
 local function sku_settings(sku)
   local st = sku_cache[sku]
   if st == nil then
     local raw = stored_skus[sku]
     if raw == nil then raw = redis.call('HGET', K.skus, sku) end
-    st = raw and cjson.decode(raw) or false
+    if raw then
+      st = decoded_settings[raw]
+      if not st then st = cjson.decode(raw); decoded_settings[raw] = st end
+    else
+      st = false
+    end
     sku_cache[sku] = st
   end
   return st
