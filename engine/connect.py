@@ -25,23 +25,18 @@ async def connect(url: str, **options: Any) -> Any:
     partition count.
     """
     # Coalescing keeps the connections in use few; the cap only stops a runaway caller.
-    client = redis.from_url(url, decode_responses=True, max_connections=MAX_CONNECTIONS, **options)
+    client: Any = redis.from_url(
+        url, decode_responses=True, max_connections=MAX_CONNECTIONS, **options
+    )
     try:
-        info = await client.info("cluster")
-        if not info.get("cluster_enabled"):
-            await check_layout(client)
-            return client
+        if (await client.info("cluster")).get("cluster_enabled"):
+            await client.aclose()
+            client = RedisCluster.from_url(url, decode_responses=True, **options)
+        await check_layout(client)
     except BaseException:
         await client.aclose()
         raise
-    await client.aclose()
-    cluster = RedisCluster.from_url(url, decode_responses=True, **options)
-    try:
-        await check_layout(cluster)
-    except BaseException:
-        await cluster.aclose()
-        raise
-    return cluster
+    return client
 
 
 async def is_empty(client: Any) -> bool:
@@ -57,9 +52,9 @@ async def check_layout(client: Any) -> None:
         for tag in keys.LEGACY_TAGS:  # one EXISTS per partition: its keys share a slot
             if await client.exists(*keys.tagged_keys(tag)):
                 raise KeyspaceLayoutError(str(len(keys.LEGACY_TAGS)), keys.PARTITIONS)
-        await client.set(keys.LAYOUT, str(keys.PARTITIONS), nx=True)
-        found = await client.get(keys.LAYOUT)
-    if found != str(keys.PARTITIONS):
+        # Another process may record it first: SET NX GET returns what is there.
+        found = await client.set(keys.LAYOUT, keys.PARTITIONS, nx=True, get=True)
+    if found not in (None, str(keys.PARTITIONS)):
         raise KeyspaceLayoutError(found, keys.PARTITIONS)
 
 

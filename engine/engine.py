@@ -110,19 +110,15 @@ class Engine(StockOps, OrderOps):
         else:
             home = keys.partition_of(validate.op_id("hold_id", hold_id))
         fp = fingerprint(channel, customer, ttl_ms, sorted(wanted.items()), *extra)
+        head = (hold_id, fp, channel, customer or "", ttl_ms)
         if len(by_part) == 1 and home in by_part:  # one script call: the common case
-            args = (hold_id, fp, channel, customer or "", ttl_ms, str(home), by_part[home])
-            reply = await self._batcher.submit("hold", home, (*args, *extra))
+            args = (*head, str(home), by_part[home], *extra)
+            reply = await self._batcher.submit("hold", home, args)
             return _hold([_record.decode(_check(reply, hold_id)[1])])
         parts = [home, *sorted(p for p in by_part if p != home)]  # as get_hold reads them
         csv = ",".join(map(str, sorted(parts)))
         futures = [
-            self._batcher.submit(
-                "hold",
-                p,
-                (hold_id, fp, channel, customer or "", ttl_ms, csv, by_part.get(p, []), *extra),
-            )
-            for p in parts
+            self._batcher.submit("hold", p, (*head, csv, by_part.get(p, []), *extra)) for p in parts
         ]
         # Shielded: a cancelled caller must not stop the undo of parts already held.
         return await asyncio.shield(self._hold_parts(hold_id, fp, parts, futures))
