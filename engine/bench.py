@@ -64,22 +64,45 @@ async def _run(
     return done, time.perf_counter() - start
 
 
+class Rate(msgspec.Struct, frozen=True):
+    """One path's throughput, and the CPU each hold cost the server and this process."""
+
+    holds_per_s: float
+    server_us: float  # valkey-server / redis-server (INFO cpu), all its threads
+    client_us: float  # this process: the callers, the client library, the engine
+
+
+async def _server_cpu(client: Any) -> float:
+    """Seconds of CPU the server (every node, for a cluster) has used since it started."""
+    info = await client.info("cpu")
+    nodes = [info] if "used_cpu_user" in info else list(info.values())
+    return sum(float(n["used_cpu_user"]) + float(n["used_cpu_sys"]) for n in nodes)
+
+
 async def _rates(
     engine: Engine,
     paths: Mapping[str, Callable[[Engine, str], Awaitable[None]]],
     skus: list[str],
     seconds: float,
     round_s: float = 0.5,
-) -> dict[str, float]:
-    """Throughput per path, measured in alternating rounds so that a noisy neighbour on a
-    shared machine weighs on every path alike."""
-    totals = {name: [0, 0.0] for name in paths}
+) -> dict[str, Rate]:
+    """Throughput and CPU per hold of each path, measured in alternating rounds so that a
+    noisy neighbour on a shared machine weighs on every path alike. CPU per hold holds
+    still where throughput swings: it shows which side a path is bound by."""
+    totals = {name: [0, 0.0, 0.0, 0.0] for name in paths}  # holds, seconds, server, client
     for _ in range(max(1, round(seconds / round_s))):
         for name, op in paths.items():
+            server, client = await _server_cpu(engine.client), time.process_time()
             done, taken = await _run(engine, op, skus, round_s)
-            totals[name][0] += done
-            totals[name][1] += taken
-    return {name: done / taken for name, (done, taken) in totals.items()}
+            total = totals[name]
+            total[0] += done
+            total[1] += taken
+            total[2] += await _server_cpu(engine.client) - server
+            total[3] += time.process_time() - client
+    return {
+        name: Rate(done / taken, 1e6 * server / done, 1e6 * client / done)
+        for name, (done, taken, server, client) in totals.items()
+    }
 
 
 async def _sql_rowlock(dsn: str, seconds: float) -> float | None:
@@ -133,14 +156,20 @@ async def _sql_rowlock(dsn: str, seconds: float) -> float | None:
 async def bench_engine(
     engine: Engine, seconds: float = 5.0, *, postgres_dsn: str | None = None, out: Any = print
 ) -> dict[str, float]:
-    """Prints throughput of each path and the ratios, last lines as the issue specifies."""
+    """Prints throughput and CPU per hold of each path, then the ratios, last lines as the
+    issue specifies."""
     results: dict[str, float] = {}
     paths = {"naive": _naive_hold, "engine": _engine_hold}
     for workload, skus in (("hot-sku", HOT_SKUS), ("10k-sku", MANY_SKUS)):
         await _setup(engine, skus)
         for path, rate in (await _rates(engine, paths, skus, seconds)).items():
-            results[f"{path} {workload}"] = rate
-            out(f"{path:>12} {workload:<8} {rate:>10,.0f} holds/s  ({CALLERS} callers)")
+            results[f"{path} {workload}"] = rate.holds_per_s
+            results[f"{path} {workload} server us"] = rate.server_us
+            results[f"{path} {workload} client us"] = rate.client_us
+            out(
+                f"{path:>12} {workload:<8} {rate.holds_per_s:>10,.0f} holds/s  ({CALLERS} callers)"
+                f"  CPU per hold: server {rate.server_us:5.1f} us, client {rate.client_us:5.1f} us"
+            )
     await engine.client.flushdb()
     if postgres_dsn:
         sql_rate = await _sql_rowlock(postgres_dsn, seconds)
