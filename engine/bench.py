@@ -87,8 +87,8 @@ async def _rates(
     round_s: float = 0.5,
 ) -> dict[str, Rate]:
     """Throughput and CPU per hold of each path, measured in alternating rounds so that a
-    noisy neighbour on a shared machine weighs on every path alike. CPU per hold holds
-    still where throughput swings: it shows which side a path is bound by."""
+    noisy neighbour on a shared machine weighs on every path alike. The CPU per hold
+    shows which side, the server or this process, bounds a path."""
     totals = {name: [0, 0.0, 0.0, 0.0] for name in paths}  # holds, seconds, server, client
     for _ in range(max(1, round(seconds / round_s))):
         for name, op in paths.items():
