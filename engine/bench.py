@@ -23,6 +23,11 @@ TTL_MS = 600_000
 
 async def _setup(engine: Engine, skus: list[str]) -> None:
     await engine.client.flushdb()
+    await _stock(engine, skus)
+
+
+async def _stock(engine: Engine, skus: list[str]) -> None:
+    """One location and one channel; each SKU with STOCK units there."""
     await engine.define_location("wh1")
     await engine.define_channel("web", ["wh1"])
     for start in range(0, len(skus), 50):

@@ -8,7 +8,7 @@ SKUS = ["bench-a", "bench-b", "bench-c"]
 
 
 async def test_each_path_places_holds_and_is_costed_on_both_sides(engine: Engine) -> None:
-    await bench._setup(engine, SKUS)
+    await bench._stock(engine, SKUS)  # _setup would flush the tests' claim on the database
     paths = {"naive": bench._naive_hold, "engine": bench._engine_hold}
     rates = await bench._rates(engine, paths, SKUS, seconds=0.4, round_s=0.2)
     assert set(rates) == set(paths)
