@@ -20,4 +20,4 @@ async def test_each_path_places_holds_and_is_costed_on_both_sides(engine: Engine
         assert 0 < rate.client_us < 100_000
     levels = [await engine.stock(sku) for sku in SKUS]
     held = sum(location.held for level in levels for location in level.locations)
-    assert held > 0  # each hold is one unit; both paths placed real ones
+    assert held > 0  # the holds are real: their units are held
