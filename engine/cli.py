@@ -17,7 +17,7 @@ from pathlib import Path
 from .cluster import EmbeddedCluster
 from .config import Settings, tune_gc
 from .connect import connect, is_empty, open_engine
-from .embedded import EmbeddedValkey
+from .embedded import EmbeddedServerError, EmbeddedValkey
 from .errors import KeyspaceLayoutError
 
 
@@ -53,7 +53,14 @@ def _parser() -> argparse.ArgumentParser:
         help="AOF fsync policy of the embedded server (default everysec)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="place, confirm, release and expire holds; print stock")
+    demo = commands.add_parser(
+        "demo", help="place, confirm, release and expire holds on a scratch server; print stock"
+    )
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="run in the data dir instead, keeping what it makes (with REDIS_URL: always)",
+    )
     commands.add_parser(
         "writer", help="persist the outbox to the SQL ledger ($DATABASE_URL) until stopped"
     )
@@ -117,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = _settings(args)
     try:
         return _run(args, settings)
-    except KeyspaceLayoutError as error:
+    except (KeyspaceLayoutError, EmbeddedServerError) as error:
         print(f"stockguard: {error}", file=sys.stderr)
         return 2
 
@@ -132,7 +139,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "demo":
         from .demo import demo
 
-        asyncio.run(demo(settings))
+        asyncio.run(demo(settings, keep=args.keep))
     elif args.command == "writer":
         asyncio.run(_writer(settings))
     elif args.command in ("rebuild", "reconcile"):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
+from dataclasses import replace
+from pathlib import Path
 
 from .config import Settings
 from .connect import open_engine
@@ -29,11 +32,22 @@ async def _table(engine: Engine, title: str) -> None:
         print(f"  {'':<14}ATS: {ats}")
 
 
-async def demo(settings: Settings) -> None:
-    """Runs against settings (the embedded valkey-server by default) and prints each step."""
-    async with open_engine(settings) as engine:
+async def demo(settings: Settings, *, keep: bool = False) -> None:
+    """Prints each step. It runs on a scratch embedded valkey-server, so that it never
+    changes the catalog or stock that `serve` uses, unless told to keep what it makes:
+    then it defines its locations, channels and SKUs at REDIS_URL or in the data dir."""
+    if keep or settings.redis_url is not None:
         where = settings.redis_url or f"embedded valkey-server in {settings.data_dir}/valkey"
         print(f"stockguard demo on {where}")
+        await _walk(settings)
+        return
+    with tempfile.TemporaryDirectory(prefix="stockguard-demo-") as scratch:
+        print("stockguard demo on a scratch embedded valkey-server (removed when it ends)")
+        await _walk(replace(settings, data_dir=Path(scratch)))
+
+
+async def _walk(settings: Settings) -> None:
+    async with open_engine(settings) as engine:
         for location in ("warehouse", "store"):
             await engine.define_location(location)
         await engine.define_channel("web", ["warehouse", "store"])
