@@ -42,17 +42,22 @@ def _without_redis_url() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "STOCKGUARD_REDIS_URL")}
 
 
+def _embedded(data_dir: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    """Runs `stockguard --data-dir data_dir command...` on its embedded server."""
+    return subprocess.run(
+        [*STOCKGUARD, "--data-dir", str(data_dir), *command],
+        capture_output=True,
+        text=True,
+        env=_without_redis_url(),
+        timeout=120,
+    )
+
+
 def test_demo_runs_on_a_scratch_server_and_leaves_the_data_dir_alone(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     for _ in range(2):  # the same walk each time: nothing of a run is kept for the next
-        out = subprocess.run(
-            [*STOCKGUARD, "--data-dir", str(data_dir), "demo"],
-            capture_output=True,
-            text=True,
-            env=_without_redis_url(),
-            timeout=120,
-        )
+        out = _embedded(data_dir, "demo")
         assert out.returncode == 0, out.stderr
         assert "on a scratch embedded valkey-server" in out.stdout
         assert "amazon asks for 1 more: refused" in out.stdout
@@ -62,13 +67,7 @@ def test_demo_runs_on_a_scratch_server_and_leaves_the_data_dir_alone(tmp_path: P
 
 def test_demo_keep_runs_in_the_data_dir_and_a_second_run_finds_it(tmp_path: Path) -> None:
     for run in ("first", "second"):
-        out = subprocess.run(
-            [*STOCKGUARD, "--data-dir", str(tmp_path), "demo", "--keep"],
-            capture_output=True,
-            text=True,
-            env=_without_redis_url(),
-            timeout=120,
-        )
+        out = _embedded(tmp_path, "demo", "--keep")
         assert out.returncode == 0, (run, out.stderr)
         assert f"embedded valkey-server in {tmp_path}/valkey" in out.stdout
         # The second run counts the stock the first one left back to the same levels.
@@ -80,13 +79,7 @@ def test_serve_on_a_data_dir_in_use_says_so_in_one_line(tmp_path: Path) -> None:
     from engine.embedded import EmbeddedValkey
 
     with EmbeddedValkey(tmp_path / "valkey"):  # owned by this process
-        out = subprocess.run(
-            [*STOCKGUARD, "--data-dir", str(tmp_path), "serve", "--port", "0"],
-            capture_output=True,
-            text=True,
-            env=_without_redis_url(),
-            timeout=60,
-        )
+        out = _embedded(tmp_path, "serve", "--port", "0")
     assert out.returncode == 2
     assert out.stderr.strip() == (
         f"stockguard: data dir {tmp_path / 'valkey'} is in use by process {os.getpid()}"
