@@ -130,7 +130,12 @@ async def test_the_connector_paces_itself_under_the_cost_bucket() -> None:
         started = time.monotonic()
         pushes = [s.connector.push([Push(f"SKU-{i}", i)]) for i in range(60)]
         results = [r for batch in await asyncio.gather(*pushes) for r in batch]
-        assert all(r.ok for r in results) and s.sim.throttled == 0
+        assert all(r.ok for r in results)
+        # Unpaced, these 60 pushes draw over 100 throttled replies. Paced, none, unless
+        # this process stalls: calls paced apart before a stall reach the store together
+        # after it, and the bucket's margin (20 points) covers only ~40 ms of them. A
+        # full local run of the suite once saw 4.
+        assert s.sim.throttled <= 6
         assert time.monotonic() - started > (60 * 11 - 200) / 500  # it waited for the bucket
         assert s.sim.quantities == {f"SKU-{i}": i for i in range(60)}
 
