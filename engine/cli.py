@@ -123,10 +123,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = _settings(args)
     try:
-        return _run(args, settings)
+        status = _run(args, settings)
+        sys.stdout.flush()  # here, so that a reader gone by now is caught below
+        return status
     except (KeyspaceLayoutError, EmbeddedServerError) as error:
         print(f"stockguard: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # Whoever read our output stopped (`stockguard demo | head`): end quietly, and keep
+        # the interpreter's own flush at exit from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:

@@ -75,6 +75,20 @@ def test_demo_keep_runs_in_the_data_dir_and_a_second_run_finds_it(tmp_path: Path
     assert (tmp_path / "valkey" / "appendonlydir").is_dir()
 
 
+def test_a_reader_that_stops_early_ends_the_demo_quietly(tmp_path: Path) -> None:
+    with subprocess.Popen(
+        [*STOCKGUARD, "--data-dir", str(tmp_path), "demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_without_redis_url(),
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline().startswith(b"stockguard demo on")  # then, like `head -1`:
+        proc.stdout.close()
+        assert proc.wait(timeout=120) == 1
+        assert proc.stderr.read() == b""
+
+
 def test_serve_on_a_data_dir_in_use_says_so_in_one_line(tmp_path: Path) -> None:
     from engine.embedded import EmbeddedValkey
 
