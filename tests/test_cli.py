@@ -39,7 +39,8 @@ async def test_demo_runs_against_a_given_server(client: Any, redis_url: str) -> 
 
 
 def _without_redis_url() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "STOCKGUARD_REDIS_URL")}
+    """This environment, minus REDIS_URL: a command then starts its embedded server."""
+    return {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
 
 
 def _embedded(data_dir: Path, *command: str) -> subprocess.CompletedProcess[str]:
